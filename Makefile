@@ -1,0 +1,65 @@
+# Lanes: every target uses .venv and makes it first when it is missing.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+QUEUES ?=
+NAME   ?=
+PYTEST_ARGS ?=
+
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: install up down migrate api worker demo test test-fast lint format bench clean help
+
+help:
+	@echo "make demo      run the whole platform (Redis, SQLite, API, two workers) in one terminal"
+	@echo "make test      lint and every test (SQLite, and PostgreSQL where it answers)"
+	@echo "make install | up | down | migrate | api | worker [QUEUES=high] [NAME=w1] | lint | bench"
+
+$(STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+up: $(STAMP)
+	$(BIN)/python -m backend.devredis up
+
+down: $(STAMP)
+	$(BIN)/python -m backend.devredis down
+
+migrate: $(STAMP)
+	$(BIN)/python -m backend.migrate
+
+api: $(STAMP) migrate
+	$(BIN)/python -m uvicorn backend.main:app --host $${LANES_API_HOST:-127.0.0.1} --port $${LANES_API_PORT:-8000}
+
+worker: $(STAMP)
+	$(BIN)/python -m worker $(QUEUES) $(if $(NAME),--name $(NAME))
+
+demo: $(STAMP)
+	$(BIN)/python -m scripts.demo
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy backend worker scheduler
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .lanes .mypy_cache .ruff_cache .pytest_cache

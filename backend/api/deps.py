@@ -1,0 +1,56 @@
+"""Dependencies the routers ask for: settings, a database session, Redis, the task registry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from redis import Redis
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from backend.config import Settings
+from backend.tasks import TaskRegistry
+
+
+@dataclass
+class AppContext:
+    """What the API process built at start-up and shares across requests."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    redis: Redis
+    tasks: TaskRegistry
+
+
+def get_context(request: Request) -> AppContext:
+    return request.app.state.lanes  # type: ignore[no-any-return]
+
+
+ContextDep = Annotated[AppContext, Depends(get_context)]
+
+
+def get_settings_dep(context: ContextDep) -> Settings:
+    return context.settings
+
+
+def get_session(context: ContextDep) -> Iterator[Session]:
+    with context.sessions() as session:
+        yield session
+
+
+def get_redis(context: ContextDep) -> Redis:
+    return context.redis
+
+
+def get_tasks(context: ContextDep) -> TaskRegistry:
+    return context.tasks
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+SessionDep = Annotated[Session, Depends(get_session)]
+RedisDep = Annotated[Redis, Depends(get_redis)]
+TasksDep = Annotated[TaskRegistry, Depends(get_tasks)]

@@ -1,0 +1,26 @@
+"""/api/v1/tasks: what can be run, and the parameters each task takes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from backend.api.deps import SettingsDep, TasksDep
+from backend.schemas import TaskOut
+
+router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
+
+
+@router.get("", response_model=list[TaskOut])
+def list_tasks(tasks: TasksDep, settings: SettingsDep) -> list[TaskOut]:
+    """List the registered tasks with their parameters' JSON Schema."""
+    return [
+        TaskOut(
+            name=t.name,
+            description=t.description,
+            priority=t.priority,
+            timeout_s=t.timeout_s,
+            max_retries=settings.default_max_retries if t.max_retries is None else t.max_retries,
+            params_schema=t.params_schema(),
+        )
+        for t in tasks.all()
+    ]

@@ -1,0 +1,60 @@
+"""Settings: the one reader of the environment.
+
+Every setting has a safe development default and a line in `.env.example`. Connections are never
+built here; each process builds its own from these values (see `backend.db` and `backend.queues`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+
+class Settings(BaseSettings):
+    """Lanes configuration, from `LANES_*` variables plus `REDIS_URL` and `DATABASE_URL`."""
+
+    model_config = SettingsConfigDict(env_prefix="LANES_", env_file=".env", extra="ignore")
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "LANES_REDIS_URL")
+    )
+    database_url: str = Field(
+        default="sqlite:///./lanes.db", validation_alias=AliasChoices("DATABASE_URL", "LANES_DATABASE_URL")
+    )
+
+    task_modules: str = Field(default="", description="Comma-separated modules that register more tasks.")
+
+    retry_base_s: float = Field(default=120.0, gt=0, description="First retry waits about this long.")
+    retry_cap_s: float = Field(default=3600.0, gt=0, description="No retry waits longer than this.")
+    default_max_retries: int = Field(default=3, ge=0, le=25)
+    max_retries_limit: int = Field(default=25, ge=0, description="Largest max_retries a submit may ask for.")
+
+    result_ttl_s: int = Field(default=86_400, description="How long RQ keeps a result in Redis.")
+    failure_ttl_s: int = Field(default=30 * 86_400, description="How long the dead letter keeps a job.")
+
+    progress_min_interval_s: float = Field(
+        default=0.5, ge=0, description="Progress writes to SQL closer than this are coalesced."
+    )
+    max_body_bytes: int = Field(default=1_048_576, gt=0, description="Largest request body the API reads.")
+    max_json_depth: int = Field(default=32, gt=0, description="Deepest JSON nesting a request may carry.")
+    list_limit_max: int = Field(default=200, gt=0, description="Cap on `limit` in job lists.")
+
+    worker_poll_s: int = Field(
+        default=5, ge=1, description="An idle worker wakes this often to replay mirror writes."
+    )
+    worker_ttl_s: int = Field(default=420, ge=10, description="A worker silent this long is dead to RQ.")
+
+    sql_echo: bool = False
+    log_level: str = "INFO"
+
+    def task_module_names(self) -> list[str]:
+        return [name.strip() for name in self.task_modules.split(",") if name.strip()]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once. Tests build their own `Settings` and pass it down."""
+    return Settings()

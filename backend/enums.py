@@ -1,0 +1,47 @@
+"""The words of the domain that travel as strings: statuses and priorities."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Priority(StrEnum):
+    """A job's priority; each is also the name of its RQ queue."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+#: Strict order in which workers drain the queues.
+QUEUE_ORDER: tuple[Priority, ...] = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
+
+
+class JobStatus(StrEnum):
+    """A job's status as the SQL row and the API show it."""
+
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    STARTED = "started"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+#: Within one attempt a row only climbs this ladder; a new attempt starts again at the bottom.
+STATUS_RANK: dict[JobStatus, int] = {
+    JobStatus.SCHEDULED: 0,
+    JobStatus.QUEUED: 1,
+    JobStatus.STARTED: 2,
+    JobStatus.RETRYING: 3,
+    JobStatus.SUCCEEDED: 4,
+    JobStatus.FAILED: 4,
+    JobStatus.CANCELLED: 4,
+}

@@ -1,0 +1,79 @@
+"""The error tree of Lanes. Every error a caller can cause or see descends from `AppError`.
+
+    AppError
+    ├── NotFound             404  job_not_found
+    ├── Conflict             409
+    ├── InvalidInput         422  invalid_params, invalid_priority, invalid_max_retries, …
+    │   └── UnknownTask      422  unknown_task
+    ├── BadRequest           400  malformed_json, invalid_json_constant, too_deep …
+    ├── PayloadTooLarge      413  body_too_large
+    └── BackendUnavailable   503  redis_unavailable, database_unavailable
+
+They are turned into HTTP answers in one place, `backend.api.errors`, always as
+`{"detail": ..., "code": ...}`. Domain code raises these, never `HTTPException`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AppError(Exception):
+    """Raised when Lanes refuses or cannot do what was asked; the root of the tree."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, detail: Any, *, code: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+
+
+class NotFound(AppError):
+    """Raised when a job, task or other named thing does not exist (or is not the caller's)."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(AppError):
+    """Raised when the request clashes with the current state of a resource."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class InvalidInput(AppError):
+    """Raised when a well-formed request asks for something invalid (bad params, priority…)."""
+
+    status_code = 422
+    code = "invalid_input"
+
+
+class BadRequest(AppError):
+    """Raised when a request body cannot be read as the JSON Lanes accepts."""
+
+    status_code = 400
+    code = "bad_request"
+
+
+class PayloadTooLarge(AppError):
+    """Raised when a request body is over `LANES_MAX_BODY_BYTES`."""
+
+    status_code = 413
+    code = "body_too_large"
+
+
+class BackendUnavailable(AppError):
+    """Raised when Redis or the database cannot be reached; the caller may try again."""
+
+    status_code = 503
+    code = "backend_unavailable"
+
+
+class UnknownTask(InvalidInput):
+    """Raised when a job names a task that is not in the registry (also inside workers)."""
+
+    code = "unknown_task"

@@ -1,0 +1,71 @@
+"""The FastAPI app: `create_app()` wires routers, middleware and error handlers.
+
+Connections are built in the lifespan (or handed in by tests), never at import time.
+`uvicorn backend.main:app` serves the app made from the environment's settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis import Redis
+
+from backend import __version__
+from backend.api import health, jobs, tasks
+from backend.api.body_guard import BodyGuard
+from backend.api.deps import AppContext
+from backend.api.errors import install_error_handlers
+from backend.config import Settings, get_settings
+from backend.db import make_engine, make_sessionmaker
+from backend.logs import configure_logging
+from backend.queues import make_redis
+from backend.tasks import registry
+
+
+def create_app(settings: Settings | None = None, *, redis: Redis | None = None) -> FastAPI:
+    """The Lanes API for `settings` (the environment's when None); `redis` lets tests hand in a client."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    registry.load_modules(settings.task_module_names())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url, echo=settings.sql_echo)
+        client = redis if redis is not None else make_redis(settings.redis_url)
+        app.state.lanes = AppContext(
+            settings=settings,
+            engine=engine,
+            sessions=make_sessionmaker(engine),
+            redis=client,
+            tasks=registry,
+        )
+        try:
+            yield
+        finally:
+            if redis is None:
+                client.close()
+            engine.dispose()
+
+    app = FastAPI(
+        title="Lanes",
+        version=__version__,
+        summary="Jobs over HTTP, on Redis and RQ, with every job's life in SQL.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(
+        BodyGuard, max_body_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth
+    )
+    for router in (jobs.router, tasks.router, health.router):
+        app.include_router(router)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn backend.main:app` builds the app on first access, not at import time.
+    if name == "app":
+        globals()["app"] = created = create_app()
+        return created
+    raise AttributeError(name)

@@ -1,0 +1,60 @@
+"""SQL tables. Alembic migrations in `backend/migrations` create them; never `create_all`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from backend.db import UTCDateTime, utcnow
+from backend.enums import JobStatus, Priority
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class JobRow(Base):
+    """One job: the SQL mirror of an RQ job, sharing its id."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str | None] = mapped_column(String(64))
+    task: Mapped[str] = mapped_column(String(200))
+    queue: Mapped[str] = mapped_column(String(32))
+    priority: Mapped[str] = mapped_column(String(16), default=Priority.NORMAL.value)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    stage: Mapped[str | None] = mapped_column(String(200))
+    params: Mapped[Any] = mapped_column(JSON, default=dict)
+    result: Mapped[Any | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    traceback: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_retries: Mapped[int] = mapped_column(Integer, default=0)
+    timeout_s: Mapped[int | None] = mapped_column(Integer)
+    next_retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    webhook_delivered: Mapped[bool | None] = mapped_column()
+    webhook_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    schedule_id: Mapped[str | None] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    depends_on: Mapped[Any | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    cancelled_by: Mapped[str | None] = mapped_column(String(200))
+    worker: Mapped[str | None] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        Index("ix_jobs_tenant_status_created", "tenant_id", "status", "created_at"),
+        Index("ix_jobs_status_priority_created", "status", "priority", "created_at"),
+        Index("ix_jobs_created_id", "created_at", "id"),
+        Index("ix_jobs_task_created", "task", "created_at"),
+    )

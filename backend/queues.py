@@ -1,0 +1,94 @@
+"""RQ as Lanes uses it: a JSON job class that runs only registered tasks, and the queues.
+
+Every process (api, worker, scheduler) uses `LanesJob` and `JSONSerializer`, so job data in Redis
+is JSON that `redis-cli` can read, never pickle. A job's RQ function name is its task name.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from redis import Redis
+from rq import Queue, Retry
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from backend.enums import QUEUE_ORDER
+from backend.errors import UnknownTask
+from backend.tasks import registry
+
+#: Redis set of job ids whose SQL mirror write failed; workers replay them.
+MIRROR_PENDING_KEY = "lanes:mirror:pending"
+
+REDIS_CONNECT_TIMEOUT_S = 2.0
+REDIS_SOCKET_TIMEOUT_S = 5.0
+RETRY_JITTER = 0.25  # each wait is stretched by up to this fraction, at random
+
+
+class LanesJob(Job):
+    """An RQ job whose data is JSON and whose function comes only from the task registry."""
+
+    def __init__(self, id: str | None = None, connection: Redis | None = None, serializer: Any = None):
+        super().__init__(id=id, connection=connection, serializer=serializer or JSONSerializer)
+
+    @property
+    def func(self) -> Any:
+        if self.instance is not None:
+            raise UnknownTask(f"job {self.id} names a method on an instance; Lanes runs only tasks")
+        return registry.get(self.func_name)
+
+
+def make_redis(url: str, *, socket_timeout_s: float | None = REDIS_SOCKET_TIMEOUT_S) -> Redis:
+    """A client for `url` that fails fast when Redis is away instead of hanging a request."""
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        socket_timeout=socket_timeout_s,
+        health_check_interval=30,
+    )
+
+
+def queue_for(name: str, connection: Redis) -> Queue:
+    return Queue(name, connection=connection, job_class=LanesJob, serializer=JSONSerializer)
+
+
+def all_queues(connection: Redis, names: Sequence[str] = tuple(QUEUE_ORDER)) -> list[Queue]:
+    return [queue_for(name, connection) for name in names]
+
+
+def backoff_intervals(
+    retries: int, *, base_s: float, cap_s: float, rng: random.Random | None = None
+) -> list[int]:
+    """Waits before each retry: base × 2ⁿ, stretched by up to 25 % jitter, capped, whole seconds.
+
+    The jitter never lets a wait reach the next one's floor, so waits grow until the cap.
+    """
+    rng = rng or random.Random()
+    waits = []
+    for n in range(retries):
+        wait = min(cap_s, base_s * 2**n * (1 + RETRY_JITTER * rng.random()))
+        waits.append(max(1, round(wait)))
+    return waits
+
+
+def make_retry(max_retries: int, *, base_s: float, cap_s: float) -> Retry | None:
+    if max_retries <= 0:
+        return None
+    return Retry(max=max_retries, interval=backoff_intervals(max_retries, base_s=base_s, cap_s=cap_s))
+
+
+def attempt_of(job: Job) -> int:
+    """Which run of `job` is current or last, counting from 1, from RQ's own retry bookkeeping."""
+    max_retries = int(job.meta.get("max_retries", 0) or 0)
+    if job.retries_left is None or max_retries <= 0:
+        return 1
+    return max(1, max_retries - job.retries_left + 1)
+
+
+def scheduled_at(job: Job, connection: Redis) -> datetime | None:
+    """When RQ's scheduler will put `job` back on its queue, if it is waiting to."""
+    score = connection.zscore(queue_for(job.origin, connection).scheduled_job_registry.key, job.id)
+    return datetime.fromtimestamp(float(score), UTC) if score is not None else None  # type: ignore[arg-type]

@@ -1,0 +1,204 @@
+"""Keeping SQL rows in step with RQ, from inside the worker (and later the reconciler).
+
+`JobMirror` is called at each step of a job's life with what the worker already knows, so the
+happy path costs no extra Redis reads. A mirror write never fails a job: any error is logged, the
+job id is added to the Redis set `lanes:mirror:pending`, and `replay_pending()` later rebuilds the
+row from RQ's own record of the job (`sync_from_rq`), which is the truth.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from redis import Redis
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus as RQStatus
+from sqlalchemy.orm import Session, sessionmaker
+
+from backend import mirror
+from backend.db import session_scope, utcnow
+from backend.enums import JobStatus
+from backend.queues import MIRROR_PENDING_KEY, LanesJob, attempt_of, scheduled_at
+
+log = logging.getLogger(__name__)
+
+REPLAY_BATCH = 100
+
+
+class JobMirror:
+    """Writes a worker's view of its jobs to SQL; never raises."""
+
+    def __init__(self, *, sessions: sessionmaker[Session], redis: Redis, progress_min_interval_s: float = 0.5):
+        self.sessions = sessions
+        self.redis = redis
+        self.progress_min_interval_s = progress_min_interval_s
+        self.failures = 0
+
+    # -- transitions ---------------------------------------------------------------------------
+
+    def started(self, job: Job, *, worker: str) -> None:
+        attempt = attempt_of(job)
+        self._write(
+            job,
+            lambda s: mirror.advance(
+                s,
+                job_id=job.id,
+                status=JobStatus.STARTED,
+                attempt=attempt,
+                values=mirror.started_values(worker=worker, started_at=job.started_at),
+                create=_create_columns(job),
+            ),
+        )
+
+    def succeeded(self, job: Job, *, attempt: int, result: Any) -> None:
+        self._write(
+            job,
+            lambda s: mirror.advance(
+                s,
+                job_id=job.id,
+                status=JobStatus.SUCCEEDED,
+                attempt=attempt,
+                values=mirror.succeeded_values(result=result, finished_at=_aware(job.ended_at)),
+                create=_create_columns(job),
+            ),
+        )
+
+    def ended_badly(self, job: Job, *, attempt: int, exc_string: str) -> None:
+        """After RQ handled a failure: the row becomes retrying, failed or cancelled as RQ decided."""
+        rq_status = job.get_status(refresh=False)
+        error = mirror.error_line(exc_string)
+        if rq_status in (RQStatus.SCHEDULED, RQStatus.QUEUED):
+            status = JobStatus.RETRYING
+            try:
+                next_at = scheduled_at(job, self.redis) if rq_status == RQStatus.SCHEDULED else None
+            except Exception:
+                next_at = None
+            values = mirror.retrying_values(error=error, traceback=exc_string, next_retry_at=next_at)
+        elif rq_status in (RQStatus.STOPPED, RQStatus.CANCELED):
+            status = JobStatus.CANCELLED
+            values = {"cancelled_at": utcnow(), "finished_at": utcnow(), "error": error}
+        else:
+            status = JobStatus.FAILED
+            values = mirror.failed_values(error=error, traceback=exc_string, finished_at=_aware(job.ended_at))
+        self._write(
+            job,
+            lambda s: mirror.advance(
+                s, job_id=job.id, status=status, attempt=attempt, values=values, create=_create_columns(job)
+            ),
+        )
+
+    def progress_sink(self, job: Job) -> Callable[[int, str | None], None]:
+        """A throttled `progress()` sink for `job`: Redis meta and SQL at most every interval."""
+        attempt = attempt_of(job)
+        last_write = 0.0
+        last_stage: str | None = None
+
+        def sink(percent: int, stage: str | None) -> None:
+            nonlocal last_write, last_stage
+            now = time.monotonic()
+            urgent = percent >= 100 or (stage is not None and stage != last_stage)
+            if not urgent and now - last_write < self.progress_min_interval_s:
+                return
+            last_write, last_stage = now, stage if stage is not None else last_stage
+            try:
+                job.meta["progress"] = percent
+                if stage is not None:
+                    job.meta["stage"] = stage
+                job.save_meta()
+            except Exception:
+                log.warning("job %s: progress not saved to Redis", job.id, exc_info=True)
+            self._write(
+                job,
+                lambda s: mirror.record_progress(s, job_id=job.id, attempt=attempt, progress=percent, stage=stage),
+                replay=False,
+            )
+
+        return sink
+
+    # -- failure handling ----------------------------------------------------------------------
+
+    def _write(self, job: Job, change: Callable[[Session], Any], *, replay: bool = True) -> None:
+        try:
+            with session_scope(self.sessions) as session:
+                change(session)
+        except Exception:
+            self.failures += 1
+            log.exception("job %s: SQL mirror write failed; it will be replayed from RQ", job.id)
+            if replay:
+                try:
+                    self.redis.sadd(MIRROR_PENDING_KEY, job.id)
+                except Exception:
+                    log.exception("job %s: could not note the failed mirror write in Redis either", job.id)
+
+    def replay_pending(self, limit: int = REPLAY_BATCH) -> int:
+        """Rebuild rows whose mirror write failed, from RQ's record; how many were repaired."""
+        try:
+            raw_ids = self.redis.srandmember(MIRROR_PENDING_KEY, limit)
+        except Exception:
+            log.warning("mirror replay: Redis unavailable", exc_info=True)
+            return 0
+        repaired = 0
+        for raw in raw_ids or []:  # type: ignore[union-attr]
+            job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+            try:
+                with session_scope(self.sessions) as session:
+                    sync_from_rq(session, self.redis, job_id)
+                self.redis.srem(MIRROR_PENDING_KEY, job_id)
+                repaired += 1
+            except Exception:
+                log.warning("mirror replay of job %s failed; will try again", job_id, exc_info=True)
+                break  # the database is probably still away; try the rest later
+        return repaired
+
+
+def sync_from_rq(session: Session, redis: Redis, job_id: str) -> JobStatus | None:
+    """Bring row `job_id` up to RQ's record of the job; the status written, or None if nothing."""
+    try:
+        job = LanesJob.fetch(job_id, connection=redis)
+    except NoSuchJobError:
+        return None
+    rq_status = job.get_status(refresh=False)
+    attempt = attempt_of(job)
+    create = _create_columns(job)
+    status: JobStatus
+    values: dict[str, Any]
+    if rq_status == RQStatus.STARTED:
+        status, values = JobStatus.STARTED, mirror.started_values(worker=job.worker_name, started_at=_aware(job.started_at))
+    elif rq_status == RQStatus.FINISHED:
+        status, values = JobStatus.SUCCEEDED, mirror.succeeded_values(result=job.return_value(), finished_at=_aware(job.ended_at))
+    elif rq_status == RQStatus.FAILED:
+        exc = job.exc_info or ""
+        status, values = JobStatus.FAILED, mirror.failed_values(error=mirror.error_line(exc), traceback=exc, finished_at=_aware(job.ended_at))
+    elif rq_status in (RQStatus.STOPPED, RQStatus.CANCELED):
+        status, values = JobStatus.CANCELLED, {"cancelled_at": utcnow(), "finished_at": utcnow()}
+    elif rq_status == RQStatus.SCHEDULED and attempt > 1:
+        # RQ counts retries down before it schedules the next run: the last run was attempt - 1.
+        status, values = JobStatus.RETRYING, {"next_retry_at": scheduled_at(job, redis), "error": mirror.error_line(job.exc_info or "")}
+        attempt = max(1, attempt - 1)
+    else:
+        return None
+    mirror.advance(session, job_id=job.id, status=status, attempt=attempt, values=values, create=create)
+    return status
+
+
+def _create_columns(job: Job) -> dict[str, Any]:
+    try:
+        params: Any = job.kwargs or {}
+    except Exception:
+        params = {}
+    return mirror.row_for_unknown_job(
+        task=str(job.func_name or "unknown"),
+        queue=job.origin,
+        params=params,
+        max_retries=int(job.meta.get("max_retries", 0) or 0),
+    )
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value

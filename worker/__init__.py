@@ -1,0 +1,1 @@
+"""The Lanes worker: an RQ worker that mirrors every job's life into SQL."""

@@ -1,0 +1,75 @@
+"""`python -m worker [QUEUE ...] [--name NAME] [--burst]`: run one Lanes worker.
+
+Queues are drained in the order given (default `high normal low`). SIGTERM or Ctrl-C lets the
+current job finish, then the worker exits; a second signal stops it at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from rq.serializers import JSONSerializer
+
+from backend.config import Settings, get_settings
+from backend.db import make_engine, make_sessionmaker
+from backend.enums import QUEUE_ORDER
+from backend.logs import configure_logging
+from backend.queues import LanesJob, all_queues, make_redis
+from backend.sync import JobMirror
+from backend.tasks import registry
+from worker.worker import LanesWorker
+
+log = logging.getLogger("worker")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m worker", description="Run a Lanes worker.")
+    parser.add_argument(
+        "queues", nargs="*", help="queues in priority order (default: high normal low); commas also work"
+    )
+    parser.add_argument("--name", help="worker name (default: a random hex id)")
+    parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    parser.add_argument("--max-jobs", type=int, help="exit after this many jobs")
+    return parser.parse_args(argv)
+
+
+def queue_names(raw: list[str]) -> list[str]:
+    names = [name.strip() for item in raw for name in item.replace(",", " ").split() if name.strip()]
+    return names or [q.value for q in QUEUE_ORDER]
+
+
+def build_worker(settings: Settings, *, queues: list[str], name: str | None = None) -> LanesWorker:
+    """A worker with its own Redis client and SQL engine, built in this process."""
+    registry.load_modules(settings.task_module_names())
+    redis = make_redis(settings.redis_url, socket_timeout_s=None)
+    engine = make_engine(settings.database_url, echo=settings.sql_echo)
+    worker = LanesWorker(
+        all_queues(redis, queues),
+        name=name,
+        connection=redis,
+        job_class=LanesJob,
+        serializer=JSONSerializer,
+        worker_ttl=settings.worker_ttl_s,
+        default_result_ttl=settings.result_ttl_s,
+    )
+    worker.poll_s = settings.worker_poll_s
+    worker.mirror = JobMirror(
+        sessions=make_sessionmaker(engine),
+        redis=redis,
+        progress_min_interval_s=settings.progress_min_interval_s,
+    )
+    return worker
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    worker = build_worker(settings, queues=queue_names(args.queues), name=args.name)
+    log.info("worker %s on queues %s", worker.name, ", ".join(worker.queue_names()))
+    worker.work(burst=args.burst, max_jobs=args.max_jobs, with_scheduler=True, logging_level=settings.log_level)
+
+
+if __name__ == "__main__":
+    main()
