@@ -12,11 +12,12 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-
 class Settings(BaseSettings):
     """Lanes configuration, from `LANES_*` variables plus `REDIS_URL` and `DATABASE_URL`."""
 
-    model_config = SettingsConfigDict(env_prefix="LANES_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LANES_", env_file=".env", extra="ignore", populate_by_name=True
+    )
 
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "LANES_REDIS_URL")

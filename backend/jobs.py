@@ -93,7 +93,9 @@ def submit_job(
     except RedisError as exc:
         log.warning("job %s not enqueued, Redis refused: %s", row.id, exc)
         _mark_not_enqueued(session, row, f"not enqueued: Redis unavailable ({type(exc).__name__})")
-        raise BackendUnavailable("Redis is unavailable; the job was not queued", code="redis_unavailable") from exc
+        raise BackendUnavailable(
+            "Redis is unavailable; the job was not queued", code="redis_unavailable"
+        ) from exc
     return row
 
 

@@ -25,6 +25,11 @@ def upgrade(url: str | None = None, *, revision: str = "head", quiet: bool = Fal
     command.upgrade(alembic_config(url, quiet=quiet), revision)
 
 
+def downgrade(url: str | None = None, *, revision: str = "base", quiet: bool = False) -> None:
+    """Run Alembic's `downgrade` against `url` (Settings' DATABASE_URL when None)."""
+    command.downgrade(alembic_config(url, quiet=quiet), revision)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", help="database URL (default: DATABASE_URL)")

@@ -106,8 +106,15 @@ def succeeded_values(*, result: Any, finished_at: datetime | None = None) -> dic
     }
 
 
-def failed_values(*, error: str, traceback: str | None, finished_at: datetime | None = None) -> dict[str, Any]:
-    return {"error": error, "traceback": traceback, "finished_at": finished_at or utcnow(), "next_retry_at": None}
+def failed_values(
+    *, error: str, traceback: str | None, finished_at: datetime | None = None
+) -> dict[str, Any]:
+    return {
+        "error": error,
+        "traceback": traceback,
+        "finished_at": finished_at or utcnow(),
+        "next_retry_at": None,
+    }
 
 
 def retrying_values(*, error: str, traceback: str | None, next_retry_at: datetime | None) -> dict[str, Any]:

@@ -91,4 +91,4 @@ def attempt_of(job: Job) -> int:
 def scheduled_at(job: Job, connection: Redis) -> datetime | None:
     """When RQ's scheduler will put `job` back on its queue, if it is waiting to."""
     score = connection.zscore(queue_for(job.origin, connection).scheduled_job_registry.key, job.id)
-    return datetime.fromtimestamp(float(score), UTC) if score is not None else None  # type: ignore[arg-type]
+    return datetime.fromtimestamp(float(score), UTC) if score is not None else None

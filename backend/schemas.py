@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from backend.enums import JobStatus, Priority
 
 MAX_RETRIES_CEILING = 25
+
+#: A UTC timestamp written as ISO 8601 with an explicit offset (`2026-11-22T10:46:35.764910+00:00`).
+Timestamp = Annotated[
+    datetime, PlainSerializer(lambda value: value.isoformat(), return_type=str, when_used="json")
+]
 
 
 class JobCreate(BaseModel):
@@ -43,17 +48,19 @@ class JobOut(BaseModel):
     traceback: str | None
     attempts: int
     max_retries: int
-    next_retry_at: datetime | None
-    created_at: datetime
-    enqueued_at: datetime | None
-    started_at: datetime | None
-    finished_at: datetime | None
+    next_retry_at: Timestamp | None
+    created_at: Timestamp
+    enqueued_at: Timestamp | None
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
     worker: str | None
 
 
 class JobPage(BaseModel):
     items: list[JobOut]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null at the end.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next (older) page; null at the end."
+    )
 
 
 class QueueStats(BaseModel):

@@ -16,7 +16,8 @@ from typing import Any
 
 from redis import Redis
 from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus as RQStatus
+from rq.job import Job
+from rq.job import JobStatus as RQStatus
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend import mirror
@@ -32,7 +33,9 @@ REPLAY_BATCH = 100
 class JobMirror:
     """Writes a worker's view of its jobs to SQL; never raises."""
 
-    def __init__(self, *, sessions: sessionmaker[Session], redis: Redis, progress_min_interval_s: float = 0.5):
+    def __init__(
+        self, *, sessions: sessionmaker[Session], redis: Redis, progress_min_interval_s: float = 0.5
+    ):
         self.sessions = sessions
         self.redis = redis
         self.progress_min_interval_s = progress_min_interval_s
@@ -113,7 +116,9 @@ class JobMirror:
                 log.warning("job %s: progress not saved to Redis", job.id, exc_info=True)
             self._write(
                 job,
-                lambda s: mirror.record_progress(s, job_id=job.id, attempt=attempt, progress=percent, stage=stage),
+                lambda s: mirror.record_progress(
+                    s, job_id=job.id, attempt=attempt, progress=percent, stage=stage
+                ),
                 replay=False,
             )
 
@@ -142,7 +147,7 @@ class JobMirror:
             log.warning("mirror replay: Redis unavailable", exc_info=True)
             return 0
         repaired = 0
-        for raw in raw_ids or []:  # type: ignore[union-attr]
+        for raw in raw_ids or []:
             job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
             try:
                 with session_scope(self.sessions) as session:
@@ -167,17 +172,31 @@ def sync_from_rq(session: Session, redis: Redis, job_id: str) -> JobStatus | Non
     status: JobStatus
     values: dict[str, Any]
     if rq_status == RQStatus.STARTED:
-        status, values = JobStatus.STARTED, mirror.started_values(worker=job.worker_name, started_at=_aware(job.started_at))
+        status, values = (
+            JobStatus.STARTED,
+            mirror.started_values(worker=job.worker_name, started_at=_aware(job.started_at)),
+        )
     elif rq_status == RQStatus.FINISHED:
-        status, values = JobStatus.SUCCEEDED, mirror.succeeded_values(result=job.return_value(), finished_at=_aware(job.ended_at))
+        status, values = (
+            JobStatus.SUCCEEDED,
+            mirror.succeeded_values(result=job.return_value(), finished_at=_aware(job.ended_at)),
+        )
     elif rq_status == RQStatus.FAILED:
         exc = job.exc_info or ""
-        status, values = JobStatus.FAILED, mirror.failed_values(error=mirror.error_line(exc), traceback=exc, finished_at=_aware(job.ended_at))
+        status, values = (
+            JobStatus.FAILED,
+            mirror.failed_values(
+                error=mirror.error_line(exc), traceback=exc, finished_at=_aware(job.ended_at)
+            ),
+        )
     elif rq_status in (RQStatus.STOPPED, RQStatus.CANCELED):
         status, values = JobStatus.CANCELLED, {"cancelled_at": utcnow(), "finished_at": utcnow()}
     elif rq_status == RQStatus.SCHEDULED and attempt > 1:
         # RQ counts retries down before it schedules the next run: the last run was attempt - 1.
-        status, values = JobStatus.RETRYING, {"next_retry_at": scheduled_at(job, redis), "error": mirror.error_line(job.exc_info or "")}
+        status, values = (
+            JobStatus.RETRYING,
+            {"next_retry_at": scheduled_at(job, redis), "error": mirror.error_line(job.exc_info or "")},
+        )
         attempt = max(1, attempt - 1)
     else:
         return None

@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(settings.log_level)
     worker = build_worker(settings, queues=queue_names(args.queues), name=args.name)
     log.info("worker %s on queues %s", worker.name, ", ".join(worker.queue_names()))
-    worker.work(burst=args.burst, max_jobs=args.max_jobs, with_scheduler=True, logging_level=settings.log_level)
+    worker.work(
+        burst=args.burst, max_jobs=args.max_jobs, with_scheduler=True, logging_level=settings.log_level
+    )
 
 
 if __name__ == "__main__":

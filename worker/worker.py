@@ -18,7 +18,7 @@ from rq.registry import StartedJobRegistry
 
 from backend.queues import attempt_of
 from backend.sync import JobMirror
-from backend.tasks.progress import set_progress_sink
+from backend.tasks.reporting import set_progress_sink
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,9 @@ class LanesWorker(Worker):
         super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
         self.mirror.ended_badly(job, attempt=attempt, exc_string=exc_string)
 
-    def handle_job_retry(self, job: Job, queue: Queue, retry: Any, started_job_registry: Any, execution: Any) -> None:
+    def handle_job_retry(
+        self, job: Job, queue: Queue, retry: Any, started_job_registry: Any, execution: Any
+    ) -> None:
         attempt = attempt_of(job)
         super().handle_job_retry(job, queue, retry, started_job_registry, execution)
         self.mirror.ended_badly(job, attempt=attempt, exc_string="the task asked to be retried")

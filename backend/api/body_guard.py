@@ -34,7 +34,9 @@ def check_json(body: bytes, *, max_depth: int) -> None:
     try:
         value = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc.msg} at position {exc.pos}", code="malformed_json")
+        raise BadRequest(
+            f"request body is not valid JSON: {exc.msg} at position {exc.pos}", code="malformed_json"
+        ) from None
     except RecursionError:
         raise BadRequest(f"JSON nests deeper than {max_depth} levels", code="too_deep") from None
     stack: list[tuple[Any, int]] = [(value, 1)]

@@ -27,7 +27,7 @@ class AppContext:
 
 
 def get_context(request: Request) -> AppContext:
-    return request.app.state.lanes  # type: ignore[no-any-return]
+    return request.app.state.lanes
 
 
 ContextDep = Annotated[AppContext, Depends(get_context)]

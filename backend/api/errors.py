@@ -28,14 +28,20 @@ _HTTP_CODES = {
 }
 
 
-def error_response(status: int, detail: Any, code: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": to_jsonable_python(detail), "code": code}, status_code=status, headers=headers)
+def error_response(
+    status: int, detail: Any, code: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"detail": to_jsonable_python(detail), "code": code}, status_code=status, headers=headers
+    )
 
 
 def _validation_code(errors: list[Any]) -> str:
     """`invalid_<field>` for the first field at fault (`invalid_priority`), else `invalid_request`."""
     for error in errors:
-        loc = [part for part in error.get("loc", ()) if isinstance(part, str) and part not in {"body", "query"}]
+        loc = [
+            part for part in error.get("loc", ()) if isinstance(part, str) and part not in {"body", "query"}
+        ]
         if error.get("type") == "json_invalid":
             return "malformed_json"
         if loc:
@@ -74,7 +80,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DBAPIError)
     async def database_error(_: Request, exc: DBAPIError) -> JSONResponse:
         if exc.connection_invalidated:
-            return error_response(503, "the database is unavailable; try again shortly", "database_unavailable")
+            return error_response(
+                503, "the database is unavailable; try again shortly", "database_unavailable"
+            )
         log.exception("database error", exc_info=exc)
         return error_response(500, "internal error", "internal_error")
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response, status
 
@@ -16,12 +17,17 @@ router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 TASK_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
-ERRORS = {code: {"model": ErrorOut} for code in (400, 404, 413, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (400, 404, 413, 422, 503)}
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut, responses=ERRORS)
 def submit_job(
-    body: JobCreate, response: Response, session: SessionDep, redis: RedisDep, settings: SettingsDep, tasks: TasksDep
+    body: JobCreate,
+    response: Response,
+    session: SessionDep,
+    redis: RedisDep,
+    settings: SettingsDep,
+    tasks: TasksDep,
 ) -> JobOut:
     """Submit a job: validate its params, record it, and put it on its priority's queue."""
     row = jobs.submit_job(
@@ -73,6 +79,4 @@ def get_job(job_id: Annotated[str, Path(max_length=200)], session: SessionDep) -
 
 
 def _valid_id(job_id: str) -> bool:
-    import re
-
     return re.fullmatch(JOB_ID_PATTERN, job_id) is not None

@@ -120,6 +120,6 @@ class TaskRegistry:
 registry = TaskRegistry()
 task = registry.task
 
-from backend.tasks.progress import progress  # noqa: E402  (re-exported for task authors)
+from backend.tasks.reporting import progress  # noqa: E402  (re-exported for task authors)
 
 __all__ = ["Task", "TaskRegistry", "progress", "registry", "task"]

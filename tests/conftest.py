@@ -1,0 +1,168 @@
+"""Shared fixtures: real Redis servers, SQLite and PostgreSQL databases, the API, real workers.
+
+Every test that touches SQL takes `database_url`, which runs it on SQLite and on PostgreSQL.
+PostgreSQL is at LANES_TEST_POSTGRES_URL (default: the local server's `test` database); where it
+does not answer the PostgreSQL cases are skipped, except under CI=true, where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import pytest
+from fastapi.testclient import TestClient
+from redis import Redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from backend.config import Settings
+from backend.db import make_engine, make_sessionmaker
+from backend.devredis import RedisServer
+from backend.main import create_app
+from backend.migrate import upgrade
+from tests.helpers import WorkerFactory
+
+POSTGRES_URL = os.environ.get("LANES_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+# -- databases -----------------------------------------------------------------------------------
+
+
+def _postgres_answers() -> str | None:
+    try:
+        engine = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite") / "template.db"
+    upgrade(f"sqlite:///{path}", quiet=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database, migrated once for the session, dropped at the end."""
+    problem = _postgres_answers()
+    if problem:
+        if IN_CI:
+            pytest.fail(f"PostgreSQL must answer in CI at {POSTGRES_URL}: {problem}")
+        pytest.skip(f"PostgreSQL does not answer at {POSTGRES_URL}: {problem}")
+    name = f"lanes_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    upgrade(url, quiet=True)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database: a fresh SQLite file, or the session's PostgreSQL database emptied."""
+    if request.param == "sqlite":
+        path = tmp_path / "lanes.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path}"
+    url: str = request.getfixturevalue("postgres_database")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE jobs"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def session(database_url: str) -> Iterator[Session]:
+    engine = make_engine(database_url)
+    with make_sessionmaker(engine)() as s:
+        yield s
+    engine.dispose()
+
+
+# -- Redis ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One private redis-server for the session; tests that stop or restart Redis start their own."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """The private server's URL, flushed before and after the test."""
+    client = Redis.from_url(redis_server.url)
+    client.flushall()
+    yield redis_server.url
+    client.flushall()
+    client.close()
+
+
+@pytest.fixture
+def redis(redis_url: str) -> Iterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def fake_redis() -> Iterator[fakeredis.FakeRedis]:
+    client = fakeredis.FakeRedis()
+    yield client
+    client.flushall()
+
+
+# -- the app and its processes --------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_settings(database_url: str) -> Any:
+    def build(redis_url: str = "redis://127.0.0.1:1/0", **overrides: Any) -> Settings:
+        values: dict[str, Any] = {"database_url": database_url, "redis_url": redis_url, **overrides}
+        return Settings.model_validate(values)
+
+    return build
+
+
+@pytest.fixture
+def api(make_settings: Any, fake_redis: fakeredis.FakeRedis) -> Iterator[TestClient]:
+    """The API on the test database and fakeredis: for fast tests of HTTP behaviour."""
+    with TestClient(create_app(make_settings(), redis=fake_redis)) as client:
+        yield client
+
+
+@pytest.fixture
+def live_api(make_settings: Any, redis_url: str) -> Iterator[TestClient]:
+    """The API on the test database and the private real Redis."""
+    with TestClient(create_app(make_settings(redis_url, retry_base_s=1))) as client:
+        yield client
+
+
+@pytest.fixture
+def workers(redis_url: str, database_url: str, tmp_path: Path) -> Iterator[WorkerFactory]:
+    """Starts real worker processes; all are stopped when the test ends."""
+    factory = WorkerFactory(redis_url=redis_url, database_url=database_url, log_dir=tmp_path)
+    yield factory
+    factory.stop_all()

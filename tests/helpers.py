@@ -1,0 +1,121 @@
+"""Test helpers: waiting on conditions with deadlines, and real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(
+    condition: Callable[[], T], *, timeout_s: float = 20.0, interval_s: float = 0.05, message: str = ""
+) -> T:
+    """Poll `condition` until it returns something truthy; fail the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(interval_s)
+    raise AssertionError(
+        f"timed out after {timeout_s} s waiting for {message or condition}; last value: {last!r}"
+    )
+
+
+def lanes_env(*, redis_url: str, database_url: str, **settings: Any) -> dict[str, str]:
+    """The environment for a Lanes process: ours, plus the given settings as LANES_ variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LANES_")}
+    env.update(REDIS_URL=redis_url, DATABASE_URL=database_url, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    env.setdefault("LANES_LOG_LEVEL", "INFO")
+    for key, value in settings.items():
+        env[f"LANES_{key.upper()}"] = str(value)
+    return env
+
+
+@dataclass
+class WorkerProcess:
+    """A real `python -m worker` process; its output goes to `log_path`."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    name: str
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+
+    def wait(self, timeout_s: float = 20.0) -> int:
+        return self.process.wait(timeout=timeout_s)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class WorkerFactory:
+    """Starts worker processes against one Redis and one database; stops them all at teardown."""
+
+    redis_url: str
+    database_url: str
+    log_dir: Path
+    settings: dict[str, Any] = field(default_factory=dict)
+    started: list[WorkerProcess] = field(default_factory=list)
+
+    def start(
+        self, *queues: str, name: str | None = None, wait_ready: bool = True, **settings: Any
+    ) -> WorkerProcess:
+        name = name or f"w{len(self.started) + 1}-{os.getpid()}"
+        log_path = self.log_dir / f"{name}.log"
+        env = lanes_env(
+            redis_url=self.redis_url, database_url=self.database_url, **{**self.settings, **settings}
+        )
+        args = [sys.executable, "-m", "worker", *queues, "--name", name]
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        worker = WorkerProcess(process=process, log_path=log_path, name=name)
+        self.started.append(worker)
+        if wait_ready:
+            self.wait_ready(worker)
+        return worker
+
+    def wait_ready(self, worker: WorkerProcess, timeout_s: float = 20.0) -> None:
+        from redis import Redis
+
+        client = Redis.from_url(self.redis_url)
+        try:
+            wait_for(
+                lambda: worker.process.poll() is not None or client.exists(f"rq:worker:{worker.name}"),
+                timeout_s=timeout_s,
+                message=f"worker {worker.name} to register",
+            )
+        finally:
+            client.close()
+        assert worker.process.poll() is None, f"worker {worker.name} exited:\n{worker.log()}"
+
+    def stop_all(self) -> None:
+        for worker in self.started:
+            worker.stop()

@@ -1,0 +1,156 @@
+"""Reading jobs back: one job, pages of jobs, counts, the task catalogue and health."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+from fastapi.testclient import TestClient
+
+
+def submit(api: TestClient, task: str = "demo.echo", **body: object) -> str:
+    response = api.post("/api/v1/jobs", json={"task": task, **body})
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
+
+
+def test_a_job_reads_back_with_every_documented_field(api: TestClient) -> None:
+    job_id = submit(api, "demo.sleep", params={"seconds": 1})
+
+    job = api.get(f"/api/v1/jobs/{job_id}").json()
+
+    documented = {
+        "id", "task", "status", "priority", "queue", "params", "progress", "stage", "result", "error",
+        "attempts", "max_retries", "next_retry_at", "created_at", "enqueued_at", "started_at",
+        "finished_at", "worker",
+    }  # fmt: skip
+    assert documented <= set(job)
+    assert job["progress"] == 0 and job["result"] is None and job["started_at"] is None
+
+
+@pytest.mark.parametrize(
+    "job_id", ["0123456789abcdef", "has%20spaces", "x" * 65, "semi;colon", "nul%00byte", "%F0%9F%9A%80"]
+)
+def test_an_unknown_or_malformed_job_id_is_404(api: TestClient, job_id: str) -> None:
+    response = api.get(f"/api/v1/jobs/{job_id}")
+
+    assert response.status_code == 404
+    assert response.json()["code"] == "job_not_found"
+
+
+def test_the_list_is_newest_first_and_pages_with_a_cursor_without_gaps_or_repeats(api: TestClient) -> None:
+    ids = [submit(api) for _ in range(7)]
+
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+        page = api.get("/api/v1/jobs", params=params).json()
+        seen += [job["id"] for job in page["items"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+
+    assert pages == 3
+    assert seen == list(reversed(ids))
+
+
+def test_the_list_filters_by_status_task_and_priority(api: TestClient) -> None:
+    echo_high = submit(api, "demo.echo", priority="high")
+    submit(api, "demo.echo", priority="low")
+    sleep_high = submit(api, "demo.sleep", priority="high")
+
+    def ids(**filters: str) -> list[str]:
+        return [job["id"] for job in api.get("/api/v1/jobs", params=filters).json()["items"]]
+
+    assert ids(priority="high") == [sleep_high, echo_high]
+    assert ids(task="demo.echo", priority="high") == [echo_high]
+    assert ids(status="queued", task="demo.sleep") == [sleep_high]
+    assert ids(status="succeeded") == []
+
+
+@pytest.mark.parametrize(
+    ("params", "code"),
+    [
+        ({"status": "done"}, "invalid_status"),
+        ({"priority": "urgent"}, "invalid_priority"),
+        ({"limit": 0}, "invalid_limit"),
+        ({"limit": "many"}, "invalid_limit"),
+        ({"cursor": "not-a-cursor"}, "invalid_cursor"),
+        ({"cursor": "bm9waXBl"}, "invalid_cursor"),
+        ({"task": "bad task"}, "invalid_task"),
+    ],
+)
+def test_a_bad_list_filter_is_a_clear_422(api: TestClient, params: dict[str, object], code: str) -> None:
+    response = api.get("/api/v1/jobs", params=params)
+
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == code
+
+
+def test_the_page_size_is_capped(api: TestClient) -> None:
+    for _ in range(3):
+        submit(api)
+    api.app.state.lanes.settings.list_limit_max = 2  # type: ignore[attr-defined]
+
+    page = api.get("/api/v1/jobs", params={"limit": 1000}).json()
+
+    assert len(page["items"]) == 2 and page["next_cursor"] is not None
+
+
+def test_stats_count_by_status_overall_and_per_queue(api: TestClient) -> None:
+    submit(api, priority="high")
+    submit(api, priority="high")
+    submit(api, priority="low")
+
+    stats = api.get("/api/v1/jobs/stats").json()
+
+    assert stats["total"] == 3
+    assert stats["by_status"]["queued"] == 3 and stats["by_status"]["succeeded"] == 0
+    assert stats["queues"]["high"]["total"] == 2
+    assert stats["queues"]["normal"] == {"total": 0, "by_status": dict.fromkeys(stats["by_status"], 0)}
+    assert stats["queues"]["low"]["by_status"]["queued"] == 1
+
+
+def test_tasks_are_listed_with_their_parameter_schema(api: TestClient) -> None:
+    tasks = {task["name"]: task for task in api.get("/api/v1/tasks").json()}
+
+    assert {"demo.echo", "demo.sleep", "demo.flaky", "demo.fail"} <= set(tasks)
+    sleep = tasks["demo.sleep"]
+    assert sleep["params_schema"]["properties"]["seconds"]["type"] == "number"
+    assert sleep["priority"] == "normal" and sleep["timeout_s"] > 0
+    assert tasks["demo.fail"]["priority"] == "low"
+
+
+def test_health_is_503_with_the_reason_when_no_worker_is_alive(api: TestClient) -> None:
+    response = api.get("/api/v1/health")
+
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unhealthy" and body["redis"] == "ok" and body["database"] == "ok"
+    assert body["workers"] == 0 and "no live workers" in body["reasons"][0]
+
+
+def test_health_is_200_when_redis_the_database_and_a_worker_answer(
+    api: TestClient, fake_redis: fakeredis.FakeRedis
+) -> None:
+    fake_redis.sadd("rq:workers", "rq:worker:w1")
+    fake_redis.hset("rq:worker:w1", "state", "idle")
+
+    response = api.get("/api/v1/health")
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "healthy",
+        "redis": "ok",
+        "database": "ok",
+        "workers": 1,
+        "reasons": [],
+    }
+
+
+def test_unknown_routes_and_methods_answer_in_the_same_error_shape(api: TestClient) -> None:
+    assert api.get("/api/v1/nothing").json() == {"detail": "Not Found", "code": "not_found"}
+    response = api.delete("/api/v1/jobs")
+    assert response.status_code == 405 and response.json()["code"] == "method_not_allowed"
