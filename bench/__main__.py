@@ -1,0 +1,133 @@
+"""`python -m bench [--quick] [--rounds N] [--only NAME ...]`: run the benchmarks, print the table.
+
+Each benchmark runs Lanes and bare RQ on the same private redis-server and prints the medians
+and their ratio (Lanes / bare RQ). The same figures, every round included, go to
+`bench/results/latest.json`. Ctrl-C or SIGTERM stops every process the run started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from bench import drain, submit
+from bench.env import BenchEnv, BenchError
+from bench.report import LATEST_JSON, Comparison, environment, environment_line, table, write_json
+
+BENCHMARKS = ("submit", "drain")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    rounds: int
+    http_jobs: int
+    inprocess_jobs: int
+    concurrency: int
+    warmup_jobs: int
+    drain_jobs: int
+
+
+FULL = Sizes(rounds=3, http_jobs=1000, inprocess_jobs=1000, concurrency=8, warmup_jobs=100, drain_jobs=300)
+QUICK = Sizes(rounds=1, http_jobs=200, inprocess_jobs=200, concurrency=8, warmup_jobs=20, drain_jobs=60)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="Lanes beside bare RQ, as ratios.")
+    parser.add_argument("--quick", action="store_true", help="one small round of each (a smoke test)")
+    parser.add_argument("--rounds", type=int, help="rounds per benchmark; the median is reported")
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these benchmarks")
+    parser.add_argument("--drain-jobs", type=int, help="jobs each worker drains per round")
+    parser.add_argument("--submit-jobs", type=int, help="jobs submitted per round")
+    parser.add_argument("--concurrency", type=int, help="HTTP requests in flight in the submit benchmark")
+    parser.add_argument(
+        "--json", type=Path, default=LATEST_JSON, help=f"where to write (default {LATEST_JSON})"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temp directory (logs, database)")
+    args = parser.parse_args(argv)
+    for name in ("rounds", "drain_jobs", "submit_jobs", "concurrency"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def sizes_from(args: argparse.Namespace) -> Sizes:
+    base = QUICK if args.quick else FULL
+    return Sizes(
+        rounds=args.rounds or base.rounds,
+        http_jobs=args.submit_jobs or base.http_jobs,
+        inprocess_jobs=args.submit_jobs or base.inprocess_jobs,
+        concurrency=args.concurrency or base.concurrency,
+        warmup_jobs=base.warmup_jobs,
+        drain_jobs=args.drain_jobs or base.drain_jobs,
+    )
+
+
+def run(sizes: Sizes, only: list[str], *, keep: bool) -> list[Comparison]:
+    rows: list[Comparison] = []
+    with BenchEnv(keep=keep) as env:
+        say(f"private redis-server at {env.redis_url}, SQLite at {env.database_path}")
+        if "submit" in only:
+            say(f"submit: {sizes.rounds} round(s) of {sizes.http_jobs} jobs, {sizes.concurrency} in flight")
+            rows += submit.run(
+                env,
+                submit.SubmitOptions(
+                    rounds=sizes.rounds,
+                    http_jobs=sizes.http_jobs,
+                    inprocess_jobs=sizes.inprocess_jobs,
+                    concurrency=sizes.concurrency,
+                    warmup_jobs=sizes.warmup_jobs,
+                ),
+            )
+        if "drain" in only:
+            say(f"drain: {sizes.rounds} round(s) of {sizes.drain_jobs} jobs per worker")
+            rows += drain.run(env, drain.DrainOptions(rounds=sizes.rounds, jobs=sizes.drain_jobs))
+    return rows
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM stops the run as Ctrl-C does, through asyncio's SIGINT handling where it is active."""
+    if callable(signal.getsignal(signal.SIGINT)):
+        signal.raise_signal(signal.SIGINT)
+    else:  # SIGINT is ignored (started in the background by a shell): interrupt directly
+        raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = sizes_from(args)
+    only = args.only or list(BENCHMARKS)
+    signal.signal(signal.SIGTERM, _terminate)  # SIGTERM cleans up as Ctrl-C does
+    env_info = environment()
+    started = time.monotonic()
+    try:
+        rows = run(sizes, only, keep=args.keep)
+    except KeyboardInterrupt:
+        say("interrupted; every process this run started has been stopped")
+        return 130
+    except BenchError as exc:
+        say(f"benchmark failed: {exc}")
+        return 1
+    elapsed_s = time.monotonic() - started
+    print()
+    print(table(rows))
+    print()
+    print(f"environment: {environment_line(env_info)}")
+    print(f"ratio = lanes / bare rq (higher is better; 1.00x is parity); median of {sizes.rounds} round(s)")
+    options = {**sizes.__dict__, "benchmarks": only, "quick": args.quick, "elapsed_s": round(elapsed_s, 1)}
+    path = write_json(rows, env=env_info, options=options, path=args.json)
+    print(f"written to {path} in {elapsed_s:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

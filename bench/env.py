@@ -1,0 +1,180 @@
+"""A private world for one benchmark run: its own redis-server, SQLite file and child processes.
+
+`BenchEnv` is a context manager. Everything it starts is stopped when the block ends, whether it
+ends normally, by an exception, or by Ctrl-C / SIGTERM (see `bench.__main__`). Child processes run
+in their own session, so a Ctrl-C in the terminal reaches only the benchmark, which then stops
+them in order; a child that ignores SIGTERM has its process group killed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+from redis import Redis
+
+from backend.devredis import RedisServer
+from backend.migrate import upgrade
+
+T = TypeVar("T")
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+STOP_TIMEOUT_S = 10.0
+LOG_TAIL_CHARS = 3000
+
+
+class BenchError(RuntimeError):
+    """Raised when a benchmark cannot produce a figure: a process died, jobs went missing."""
+
+
+def wait_for(condition: Callable[[], T], *, timeout_s: float, interval_s: float = 0.01, message: str) -> T:
+    """Poll `condition` until it returns something truthy; BenchError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout_s:.0f} s waiting for {message}")
+        time.sleep(interval_s)
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Ignore SIGINT and SIGTERM inside the block (main thread only), restoring them after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class Child:
+    """A process this benchmark started; its output goes to `log_path`."""
+
+    def __init__(self, name: str, process: subprocess.Popen[bytes], log_path: Path):
+        self.name = name
+        self.process = process
+        self.log_path = log_path
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self) -> str:
+        if not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL to its process group (work-horses included) if it lingers."""
+        if not self.alive():
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            # Not yet reaped, so the pid (and the group it leads) is still ours.
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+class BenchEnv:
+    """A temp directory holding a private redis-server and a migrated SQLite database."""
+
+    def __init__(self, *, keep: bool = False):
+        self.keep = keep
+        self.directory = Path(tempfile.mkdtemp(prefix="lanes-bench-"))
+        self.redis_server = RedisServer(self.directory / "redis")
+        self.database_path = self.directory / "lanes.db"
+        self.children: list[Child] = []
+        self._clients: list[Redis] = []
+
+    # -- set-up and tear-down ------------------------------------------------------------------
+
+    def __enter__(self) -> BenchEnv:
+        try:
+            self.redis_server.start()
+            upgrade(self.database_url, quiet=True)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop every child, then Redis; a second Ctrl-C meanwhile cannot cut this short."""
+        with _interrupts_deferred():
+            for child in reversed(self.children):
+                child.stop()
+            for client in self._clients:
+                client.close()
+            self.redis_server.stop()
+            if not self.keep:
+                shutil.rmtree(self.directory, ignore_errors=True)
+
+    # -- what a benchmark uses -----------------------------------------------------------------
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis_server.url
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{self.database_path}"
+
+    def redis(self) -> Redis:
+        """A client on the private server, closed with the environment."""
+        client = Redis.from_url(self.redis_url)
+        self._clients.append(client)
+        return client
+
+    def flush_redis(self) -> None:
+        client = Redis.from_url(self.redis_url)
+        try:
+            client.flushall()
+        finally:
+            client.close()
+
+    def child_env(self, **lanes_settings: str) -> dict[str, str]:
+        """Our environment minus any LANES_* of the caller's, pointed at the private services."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LANES_")}
+        env.update(
+            REDIS_URL=self.redis_url,
+            DATABASE_URL=self.database_url,
+            PYTHONPATH=str(ROOT),
+            PYTHONUNBUFFERED="1",
+        )
+        env.update({f"LANES_{key.upper()}": value for key, value in lanes_settings.items()})
+        return env
+
+    def spawn(self, name: str, args: Sequence[str], env: dict[str, str]) -> Child:
+        """Start `args` in its own session, output to a log in the temp directory."""
+        log_path = self.directory / f"{name}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                list(args), env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        child = Child(name, process, log_path)
+        self.children.append(child)
+        return child

@@ -1,0 +1,145 @@
+"""Submit throughput: jobs/s into the queue.
+
+Lanes: `POST /api/v1/jobs` (`demo.echo`, small params) against a real uvicorn process of
+`backend.main:app`, from `concurrency` concurrent HTTP clients (asyncio + httpx, keep-alive) in this
+process. Each request validates the params, commits a SQL row, and enqueues a JSON job.
+
+Bare RQ: `Queue.enqueue(bench.trivial.noop, kwargs=...)` one by one in this process, JSON
+serializer, same Redis.
+
+A third row runs Lanes' domain `submit_job()` one by one in this process, without HTTP, against the
+same bare figure: the gap between rows one and three is what HTTP, uvicorn and FastAPI cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from backend.devredis import free_port
+from bench.env import BenchEnv, BenchError, Child, wait_for
+from bench.lanes import PARAMS, TASK, LanesClient
+from bench.report import Comparison
+from bench.trivial import noop
+
+API_START_TIMEOUT_S = 30.0
+REQUEST_TIMEOUT_S = 30.0
+BARE_QUEUE = "bench-submit"
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    rounds: int
+    http_jobs: int  # requests per timed HTTP round
+    inprocess_jobs: int  # jobs per timed in-process round (Lanes domain and bare RQ)
+    concurrency: int
+    warmup_jobs: int
+
+
+def run(env: BenchEnv, options: SubmitOptions) -> list[Comparison]:
+    http = Comparison(
+        "submit via API",
+        "jobs/s",
+        notes={"jobs_per_round": options.http_jobs, "concurrency": options.concurrency, "task": TASK},
+    )
+    domain = Comparison("submit_job() in-process", "jobs/s", notes={"jobs_per_round": options.inprocess_jobs})
+    redis = env.redis()
+    bare_queue = Queue(BARE_QUEUE, connection=redis, serializer=JSONSerializer)
+    api, base_url = start_api(env)
+
+    with LanesClient(redis_url=env.redis_url, database_url=env.database_url) as lanes:
+        # Warm every path once: imports, connection pools, SQLite pages, FastAPI's caches.
+        post_many(base_url, options.warmup_jobs, options.concurrency)
+        lanes.submit(options.warmup_jobs)
+        enqueue_bare(bare_queue, options.warmup_jobs)
+
+        for _ in range(options.rounds):
+            env.flush_redis()
+            http.lanes.append(options.http_jobs / post_many(base_url, options.http_jobs, options.concurrency))
+            domain.lanes.append(options.inprocess_jobs / timed(lambda: lanes.submit(options.inprocess_jobs)))
+            bare_rate = options.inprocess_jobs / timed(
+                lambda: enqueue_bare(bare_queue, options.inprocess_jobs)
+            )
+            http.bare.append(bare_rate)
+            domain.bare.append(bare_rate)
+            if not api.alive():
+                raise BenchError(f"the API process exited during the benchmark:\n{api.log_tail()}")
+    api.stop()
+    return [http, domain]
+
+
+# -- Lanes over HTTP ---------------------------------------------------------------------------
+
+
+def start_api(env: BenchEnv) -> tuple[Child, str]:
+    """A uvicorn process serving `backend.main:app` on a free port, once it answers; and its URL."""
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    args = [
+        sys.executable, "-m", "uvicorn", "backend.main:app",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    child = env.spawn("api", args, env.child_env(log_level="WARNING"))
+
+    def ready() -> bool:
+        if not child.alive():
+            raise BenchError(f"the API process exited at start-up:\n{child.log_tail()}")
+        try:
+            return httpx.get(f"{base_url}/api/v1/tasks", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(ready, timeout_s=API_START_TIMEOUT_S, interval_s=0.1, message="the API to answer")
+    return child, base_url
+
+
+def post_many(base_url: str, count: int, concurrency: int) -> float:
+    """POST `count` jobs with `concurrency` requests in flight; seconds taken. Raises on any non-202."""
+    return asyncio.run(_post_many(base_url, count, concurrency))
+
+
+async def _post_many(base_url: str, count: int, concurrency: int) -> float:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    body = {"task": TASK, "params": PARAMS}
+    remaining = count
+    failures: list[str] = []
+
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=REQUEST_TIMEOUT_S) as client:
+
+        async def one_client() -> None:
+            nonlocal remaining
+            while remaining > 0 and not failures:
+                remaining -= 1
+                response = await client.post("/api/v1/jobs", json=body)
+                if response.status_code != 202:
+                    failures.append(f"{response.status_code} {response.text[:300]}")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    if failures:
+        raise BenchError(f"POST /api/v1/jobs failed: {failures[0]}")
+    return elapsed
+
+
+# -- bare RQ -------------------------------------------------------------------------------------
+
+
+def enqueue_bare(queue: Queue, count: int) -> None:
+    for _ in range(count):
+        queue.enqueue(noop, kwargs=PARAMS)
+
+
+def timed(action: Callable[[], object]) -> float:
+    """Seconds `action()` takes."""
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
