@@ -35,7 +35,7 @@ migrate: $(STAMP)
 	$(BIN)/python -m backend.migrate
 
 api: $(STAMP) migrate
-	$(BIN)/python -m uvicorn backend.main:app --host $${LANES_API_HOST:-127.0.0.1} --port $${LANES_API_PORT:-8000}
+	$(BIN)/python -m backend.serve
 
 worker: $(STAMP)
 	$(BIN)/python -m worker $(QUEUES) $(if $(NAME),--name $(NAME))

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
 
     retry_base_s: float = Field(default=120.0, gt=0, description="First retry waits about this long.")
     retry_cap_s: float = Field(default=3600.0, gt=0, description="No retry waits longer than this.")
-    default_max_retries: int = Field(default=3, ge=0, le=25)
+    default_max_retries: int = Field(default=3, ge=0)
     max_retries_limit: int = Field(default=25, ge=0, description="Largest max_retries a submit may ask for.")
 
     result_ttl_s: int = Field(default=86_400, description="How long RQ keeps a result in Redis.")
@@ -47,6 +47,11 @@ class Settings(BaseSettings):
         default=5, ge=1, description="An idle worker wakes this often to replay mirror writes."
     )
     worker_ttl_s: int = Field(default=420, ge=10, description="A worker silent this long is dead to RQ.")
+
+    api_host: str = Field(default="127.0.0.1", description="Address `make api` listens on.")
+    api_port: int = Field(
+        default=8000, ge=1, le=65535, description="Port `make api` and `make demo` listen on."
+    )
 
     sql_echo: bool = False
     log_level: str = "INFO"

@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
     app.add_middleware(
         BodyGuard, max_body_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth
     )
-    for router in (jobs.router, tasks.router, health.router):
+    for router in (jobs.router, tasks.router, health.router, health.liveness):
         app.include_router(router)
     return app
 

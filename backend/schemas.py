@@ -9,8 +9,6 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from backend.enums import JobStatus, Priority
 
-MAX_RETRIES_CEILING = 25
-
 #: A UTC timestamp written as ISO 8601 with an explicit offset (`2026-11-22T10:46:35.764910+00:00`).
 Timestamp = Annotated[
     datetime, PlainSerializer(lambda value: value.isoformat(), return_type=str, when_used="json")
@@ -26,7 +24,7 @@ class JobCreate(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict, examples=[{"seconds": 3}])
     priority: Priority | None = Field(default=None, description="Default: the task's own priority.")
     max_retries: int | None = Field(
-        default=None, ge=0, le=MAX_RETRIES_CEILING, description="Retries after the first attempt."
+        default=None, ge=0, description="Retries after the first attempt (at most LANES_MAX_RETRIES_LIMIT)."
     )
 
 

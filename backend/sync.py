@@ -177,26 +177,27 @@ def sync_from_rq(session: Session, redis: Redis, job_id: str) -> JobStatus | Non
             mirror.started_values(worker=job.worker_name, started_at=_aware(job.started_at)),
         )
     elif rq_status == RQStatus.FINISHED:
-        status, values = (
-            JobStatus.SUCCEEDED,
-            mirror.succeeded_values(result=job.return_value(), finished_at=_aware(job.ended_at)),
-        )
+        status = JobStatus.SUCCEEDED
+        values = {
+            **mirror.succeeded_values(result=job.return_value(), finished_at=_aware(job.ended_at)),
+            **_ran(job),
+        }
     elif rq_status == RQStatus.FAILED:
         exc = job.exc_info or ""
-        status, values = (
-            JobStatus.FAILED,
-            mirror.failed_values(
+        status = JobStatus.FAILED
+        values = {
+            **mirror.failed_values(
                 error=mirror.error_line(exc), traceback=exc, finished_at=_aware(job.ended_at)
             ),
-        )
+            **_ran(job),
+        }
     elif rq_status in (RQStatus.STOPPED, RQStatus.CANCELED):
-        status, values = JobStatus.CANCELLED, {"cancelled_at": utcnow(), "finished_at": utcnow()}
+        status, values = JobStatus.CANCELLED, {"cancelled_at": utcnow(), "finished_at": utcnow(), **_ran(job)}
     elif rq_status == RQStatus.SCHEDULED and attempt > 1:
         # RQ counts retries down before it schedules the next run: the last run was attempt - 1.
-        status, values = (
-            JobStatus.RETRYING,
-            {"next_retry_at": scheduled_at(job, redis), "error": mirror.error_line(job.exc_info or "")},
-        )
+        status, values = JobStatus.RETRYING, {"next_retry_at": scheduled_at(job, redis), **_ran(job)}
+        if job.exc_info:  # RQ 3 keeps no result for a failure it retries; keep the row's error then
+            values["error"] = mirror.error_line(job.exc_info)
         attempt = max(1, attempt - 1)
     else:
         return None
@@ -204,17 +205,30 @@ def sync_from_rq(session: Session, redis: Redis, job_id: str) -> JobStatus | Non
     return status
 
 
+def _ran(job: Job) -> dict[str, Any]:
+    """When and where the job last ran, as far as RQ still says."""
+    ran = {"started_at": _aware(job.started_at), "worker": job.worker_name}
+    return {key: value for key, value in ran.items() if value is not None}
+
+
 def _create_columns(job: Job) -> dict[str, Any]:
+    """Columns for a row the worker creates, taken from RQ's record of the job."""
     try:
-        params: Any = job.kwargs or {}
-    except Exception:
+        params: Any = dict(job.kwargs or {})
+        if job.args:
+            params = {"args": list(job.args), **params}
+    except Exception:  # undecodable job data: the row still records that the job existed
         params = {}
-    return mirror.row_for_unknown_job(
+    columns = mirror.row_for_unknown_job(
         task=str(job.func_name or "unknown"),
         queue=job.origin,
         params=params,
         max_retries=int(job.meta.get("max_retries", 0) or 0),
     )
+    for name, value in (("created_at", job.created_at), ("enqueued_at", job.enqueued_at)):
+        if value is not None:
+            columns[name] = _aware(value)
+    return columns
 
 
 def _aware(value: datetime | None) -> datetime | None:

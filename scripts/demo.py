@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="make demo", description="Run the whole Lanes platform in one terminal."
     )
-    parser.add_argument("--port", type=int, default=int(os.environ.get("LANES_API_PORT", "8000")))
+    parser.add_argument("--port", type=int, default=get_settings().api_port)
     parser.add_argument(
         "--exit-when-done", action="store_true", help="leave once the example jobs have finished"
     )

@@ -8,6 +8,7 @@ start, success and failure of a job, and in the parent when the horse dies unexp
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from rq import Worker
@@ -15,12 +16,36 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
 from rq.registry import StartedJobRegistry
+from rq.scheduler import RQScheduler
 
 from backend.queues import attempt_of
 from backend.sync import JobMirror
 from backend.tasks.reporting import set_progress_sink
 
 log = logging.getLogger(__name__)
+
+STOP_CHECK_S = 0.1  # how often a sleeping scheduler looks for a stop request
+
+
+class PromptScheduler(RQScheduler):
+    """RQ's scheduler (moves due retries back onto their queues) that stops within 0.1 s.
+
+    RQ's own sleeps its whole interval before it looks at the stop flag, which held an idle
+    worker's exit up to a second.
+    """
+
+    def work(self) -> None:
+        self._install_signal_handlers()
+        self.register_birth()
+        while not self._stop_requested:
+            if self.should_reacquire_locks:
+                self.acquire_locks()
+            self.heartbeat()
+            self.enqueue_scheduled_jobs()
+            deadline = time.monotonic() + self.interval
+            while not self._stop_requested and time.monotonic() < deadline:
+                time.sleep(STOP_CHECK_S)
+        self.stop()
 
 
 class LanesWorker(Worker):
@@ -34,14 +59,60 @@ class LanesWorker(Worker):
         # Wake up every `poll_s` while idle so failed mirror writes are replayed promptly.
         return max(1, min(self.poll_s, self.worker_ttl - 15))
 
+    _last_replay: float = 0.0
+
+    @property
+    def _replay_due(self) -> bool:
+        return time.monotonic() - self._last_replay >= self.poll_s
+
     @property
     def should_run_maintenance_tasks(self) -> bool:
-        return True  # cheap: our part is one SRANDMEMBER; RQ's part keeps its own interval
+        return self._replay_due or super().should_run_maintenance_tasks
 
     def run_maintenance_tasks(self) -> None:
-        self.mirror.replay_pending()
+        if self._replay_due:
+            self._last_replay = time.monotonic()
+            self.mirror.replay_pending()
         if super().should_run_maintenance_tasks:
             super().run_maintenance_tasks()
+
+    def _start_scheduler(
+        self,
+        burst: bool = False,
+        logging_level: str | None = "INFO",
+        date_format: str = "%H:%M:%S",
+        log_format: str = "%(asctime)s %(message)s",
+    ) -> None:
+        # RQ's own, with PromptScheduler in place of RQScheduler.
+        self.scheduler = PromptScheduler(
+            self.queues,
+            connection=self.connection,
+            logging_level=logging_level if logging_level is not None else self.log.level,
+            date_format=date_format,
+            log_format=log_format,
+            serializer=self.serializer,
+        )
+        self.scheduler.acquire_locks()
+        if self.scheduler.acquired_locks:
+            if burst:
+                try:
+                    self.scheduler.register_birth()
+                    self.scheduler.enqueue_scheduled_jobs()
+                finally:
+                    self.scheduler.release_locks()
+                    self.scheduler.register_death()
+            else:
+                self.scheduler.start()
+
+    def unsubscribe(self) -> None:
+        # RQ unsubscribes before stopping its pub/sub thread; when the thread reads the reply
+        # first it goes back to a 60 s wait and the exit is held for the 1 s join. Stop first,
+        # so the reply itself wakes the thread into seeing it must end.
+        if self.pubsub_thread and self.pubsub is not None:
+            self.pubsub_thread.stop()
+            self.pubsub.unsubscribe()
+            self.pubsub_thread.join(timeout=1)
+            self.pubsub.close()
 
     # -- in the work-horse -----------------------------------------------------------------------
 

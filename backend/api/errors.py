@@ -39,6 +39,8 @@ def error_response(
 def _validation_code(errors: list[Any]) -> str:
     """`invalid_<field>` for the first field at fault (`invalid_priority`), else `invalid_request`."""
     for error in errors:
+        if error.get("type") == "extra_forbidden":
+            return "unknown_field"
         loc = [
             part for part in error.get("loc", ()) if isinstance(part, str) and part not in {"body", "query"}
         ]

@@ -10,6 +10,13 @@ from backend.health import check_health
 from backend.schemas import HealthOut
 
 router = APIRouter(prefix="/api/v1", tags=["health"])
+liveness = APIRouter(tags=["health"])
+
+
+@liveness.get("/healthz")
+def healthz() -> dict[str, str]:
+    """Liveness: the process answers. Checks nothing else, so orchestrators never restart it for Redis."""
+    return {"status": "ok"}
 
 
 @router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})

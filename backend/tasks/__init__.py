@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
+from rq import Retry
 
 from backend.enums import Priority
 from backend.errors import InvalidInput, UnknownTask
@@ -60,7 +61,10 @@ class Task:
     def __call__(self, **params: Any) -> Any:
         """Run the task as a worker does: validate, call, return JSON values."""
         model = self.params_model.model_validate(params)
-        return to_jsonable_python(self.fn(model))
+        result = self.fn(model)
+        if isinstance(result, Retry):  # the task asks RQ to run it again later
+            return result
+        return to_jsonable_python(result)
 
     def params_schema(self) -> dict[str, Any]:
         return self.params_model.model_json_schema()

@@ -16,7 +16,9 @@ from tests.helpers import ROOT, lanes_env
 pytestmark = pytest.mark.integration
 
 
-def test_the_demo_runs_the_platform_and_every_example_job_ends_as_expected(redis_url: str, tmp_path: Path) -> None:
+def test_the_demo_runs_the_platform_and_every_example_job_ends_as_expected(
+    redis_url: str, tmp_path: Path
+) -> None:
     env = lanes_env(redis_url=redis_url, database_url=f"sqlite:///{tmp_path / 'demo.db'}", retry_base_s=1)
 
     demo = subprocess.run(
@@ -42,11 +44,18 @@ def test_the_demo_runs_the_platform_and_every_example_job_ends_as_expected(redis
 def run_devredis(action: str, *, cwd: Path, url: str) -> subprocess.CompletedProcess[str]:
     env = lanes_env(redis_url=url, database_url="sqlite:///unused.db")
     return subprocess.run(
-        [sys.executable, "-m", "backend.devredis", action], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "backend.devredis", action],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
-def test_make_up_starts_a_redis_with_aof_under_dot_lanes_and_make_down_stops_only_that(tmp_path: Path) -> None:
+def test_make_up_starts_a_redis_with_aof_under_dot_lanes_and_make_down_stops_only_that(
+    tmp_path: Path,
+) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
 
     started = run_devredis("up", cwd=tmp_path, url=url)

@@ -154,3 +154,7 @@ def test_unknown_routes_and_methods_answer_in_the_same_error_shape(api: TestClie
     assert api.get("/api/v1/nothing").json() == {"detail": "Not Found", "code": "not_found"}
     response = api.delete("/api/v1/jobs")
     assert response.status_code == 405 and response.json()["code"] == "method_not_allowed"
+
+
+def test_liveness_answers_without_looking_at_redis_or_the_database(api: TestClient) -> None:
+    assert api.get("/healthz").json() == {"status": "ok"}

@@ -90,7 +90,7 @@ BAD_BODIES: list[tuple[str, Any, int, str]] = [
     ("no task", {"params": {}}, 422, "invalid_task"),
     ("empty task name", {"task": ""}, 422, "invalid_task"),
     ("task name of another type", {"task": 7}, 422, "invalid_task"),
-    ("unknown field", {"task": "demo.echo", "queue": "high"}, 422, "invalid_queue"),
+    ("unknown field", {"task": "demo.echo", "colour": "red"}, 422, "unknown_field"),
     ("body not an object", [1, 2, 3], 422, "invalid_request"),
 ]
 
@@ -209,3 +209,10 @@ def test_with_the_database_down_the_api_answers_503(fake_redis: fakeredis.FakeRe
         assert health.status_code == 503
         assert health.json()["database"].startswith("unavailable")
     assert fake_redis.keys("rq:job:*") == []
+
+
+def test_the_retry_ceiling_follows_the_setting(make_settings: Any, fake_redis: fakeredis.FakeRedis) -> None:
+    with TestClient(create_app(make_settings(max_retries_limit=40), redis=fake_redis)) as client:
+        assert client.post("/api/v1/jobs", json={"task": "demo.echo", "max_retries": 30}).status_code == 202
+        refused = client.post("/api/v1/jobs", json={"task": "demo.echo", "max_retries": 41})
+        assert refused.status_code == 422 and refused.json()["code"] == "invalid_max_retries"
