@@ -15,9 +15,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import NoSuchJobError, StopRequested
 from rq.job import Job
 from rq.job import JobStatus as RQStatus
+from rq.timeouts import BaseTimeoutException
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend import mirror
@@ -28,6 +29,10 @@ from backend.queues import MIRROR_PENDING_KEY, LanesJob, attempt_of, scheduled_a
 log = logging.getLogger(__name__)
 
 REPLAY_BATCH = 100
+
+#: Exceptions RQ raises from signal handlers (a stop request, a job's timeout alarm). They may
+#: arrive while a mirror write is under way and must reach RQ, never be swallowed as a write error.
+SIGNALLED = (StopRequested, BaseTimeoutException)
 
 
 class JobMirror:
@@ -78,6 +83,8 @@ class JobMirror:
             status = JobStatus.RETRYING
             try:
                 next_at = scheduled_at(job, self.redis) if rq_status == RQStatus.SCHEDULED else None
+            except SIGNALLED:
+                raise
             except Exception:
                 next_at = None
             values = mirror.retrying_values(error=error, traceback=exc_string, next_retry_at=next_at)
@@ -112,6 +119,8 @@ class JobMirror:
                 if stage is not None:
                     job.meta["stage"] = stage
                 job.save_meta()
+            except SIGNALLED:
+                raise
             except Exception:
                 log.warning("job %s: progress not saved to Redis", job.id, exc_info=True)
             self._write(
@@ -130,12 +139,16 @@ class JobMirror:
         try:
             with session_scope(self.sessions) as session:
                 change(session)
+        except SIGNALLED:
+            raise
         except Exception:
             self.failures += 1
             log.exception("job %s: SQL mirror write failed; it will be replayed from RQ", job.id)
             if replay:
                 try:
                     self.redis.sadd(MIRROR_PENDING_KEY, job.id)
+                except SIGNALLED:
+                    raise
                 except Exception:
                     log.exception("job %s: could not note the failed mirror write in Redis either", job.id)
 
@@ -143,6 +156,8 @@ class JobMirror:
         """Rebuild rows whose mirror write failed, from RQ's record; how many were repaired."""
         try:
             raw_ids = self.redis.srandmember(MIRROR_PENDING_KEY, limit)
+        except SIGNALLED:
+            raise
         except Exception:
             log.warning("mirror replay: Redis unavailable", exc_info=True)
             return 0
@@ -154,6 +169,8 @@ class JobMirror:
                     sync_from_rq(session, self.redis, job_id)
                 self.redis.srem(MIRROR_PENDING_KEY, job_id)
                 repaired += 1
+            except SIGNALLED:
+                raise
             except Exception:
                 log.warning("mirror replay of job %s failed; will try again", job_id, exc_info=True)
                 break  # the database is probably still away; try the rest later

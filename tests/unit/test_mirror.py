@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import fakeredis
 import pytest
+from rq.exceptions import StopRequested
+from rq.timeouts import JobTimeoutException
 from sqlalchemy.orm import Session
 
 from backend import mirror
 from backend.enums import JobStatus
 from backend.models import JobRow
+from backend.queues import MIRROR_PENDING_KEY, queue_for
+from backend.sync import JobMirror
 
 
 def make_row(session: Session, job_id: str = "j1") -> JobRow:
@@ -145,3 +150,34 @@ def test_timestamps_come_back_timezone_aware_in_utc(session: Session) -> None:
 )
 def test_the_error_line_is_the_last_line_of_the_traceback(traceback: str, line: str) -> None:
     assert mirror.error_line(traceback) == line
+
+
+class _Explodes:
+    """A session factory whose sessions raise `exc` on first use."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __call__(self) -> Session:
+        raise self.exc
+
+
+@pytest.mark.parametrize("signalled", [StopRequested(), JobTimeoutException("over time")])
+def test_a_stop_request_or_timeout_arriving_during_a_mirror_write_reaches_rq(
+    fake_redis: fakeredis.FakeRedis, signalled: BaseException
+) -> None:
+    job = queue_for("normal", fake_redis).enqueue_call("demo.echo")
+    job_mirror = JobMirror(sessions=_Explodes(signalled), redis=fake_redis)  # type: ignore[arg-type]
+
+    with pytest.raises(type(signalled)):
+        job_mirror.started(job, worker="w1")
+
+
+def test_a_failed_mirror_write_is_swallowed_and_noted_for_replay(fake_redis: fakeredis.FakeRedis) -> None:
+    job = queue_for("normal", fake_redis).enqueue_call("demo.echo")
+    job_mirror = JobMirror(sessions=_Explodes(RuntimeError("database away")), redis=fake_redis)  # type: ignore[arg-type]
+
+    job_mirror.started(job, worker="w1")
+
+    assert fake_redis.smembers(MIRROR_PENDING_KEY) == {job.id.encode()}
+    assert job_mirror.failures == 1
