@@ -7,6 +7,7 @@ work-horse is a fork: `make_engine` drops inherited pooled connections in the ch
 
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 from collections.abc import Iterator
@@ -70,10 +71,18 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
         session.commit()
     except BaseException:
-        session.rollback()
+        # A signal (RQ's stop request, a job's timeout) can interrupt the driver mid-command; the
+        # rollback may then fail too, and must not replace the exception that says why.
+        try:
+            session.rollback()
+        except Exception:
+            logging.getLogger(__name__).warning("rollback failed after an error", exc_info=True)
         raise
     finally:
-        session.close()
+        try:
+            session.close()
+        except Exception:
+            logging.getLogger(__name__).warning("closing a session failed", exc_info=True)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

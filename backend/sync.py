@@ -18,6 +18,7 @@ from redis import Redis
 from rq.exceptions import NoSuchJobError, StopRequested
 from rq.job import Job
 from rq.job import JobStatus as RQStatus
+from rq.results import Result
 from rq.timeouts import BaseTimeoutException
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -200,7 +201,7 @@ def sync_from_rq(session: Session, redis: Redis, job_id: str) -> JobStatus | Non
             **_ran(job),
         }
     elif rq_status == RQStatus.FAILED:
-        exc = job.exc_info or ""
+        exc = _last_error(job) or ""
         status = JobStatus.FAILED
         values = {
             **mirror.failed_values(
@@ -213,13 +214,22 @@ def sync_from_rq(session: Session, redis: Redis, job_id: str) -> JobStatus | Non
     elif rq_status == RQStatus.SCHEDULED and attempt > 1:
         # RQ counts retries down before it schedules the next run: the last run was attempt - 1.
         status, values = JobStatus.RETRYING, {"next_retry_at": scheduled_at(job, redis), **_ran(job)}
-        if job.exc_info:  # RQ 3 keeps no result for a failure it retries; keep the row's error then
-            values["error"] = mirror.error_line(job.exc_info)
+        last_error = _last_error(job)
+        if last_error:  # RQ 3 keeps no result for a failure it retries; keep the row's error then
+            values["error"] = mirror.error_line(last_error)
         attempt = max(1, attempt - 1)
     else:
         return None
     mirror.advance(session, job_id=job.id, status=status, attempt=attempt, values=values, create=create)
     return status
+
+
+def _last_error(job: Job) -> str | None:
+    """The traceback of the job's latest run, if that run failed (RQ's results stream)."""
+    result = job.latest_result()
+    if result is not None and result.type == Result.Type.FAILED:
+        return result.exc_string
+    return None
 
 
 def _ran(job: Job) -> dict[str, Any]:

@@ -107,10 +107,15 @@ class WorkerFactory:
 
         client = Redis.from_url(self.redis_url)
         try:
+            # Registered is not enough: RQ installs its SIGTERM handler just before the worker first
+            # goes idle (or busy), and a signal before that kills it outright.
             wait_for(
-                lambda: worker.process.poll() is not None or client.exists(f"rq:worker:{worker.name}"),
+                lambda: (
+                    worker.process.poll() is not None
+                    or client.hget(f"rq:worker:{worker.name}", "state") in (b"idle", b"busy")
+                ),
                 timeout_s=timeout_s,
-                message=f"worker {worker.name} to register",
+                message=f"worker {worker.name} to be ready",
             )
         finally:
             client.close()
