@@ -95,7 +95,9 @@ class RedisServer:
             "--maxmemory-policy", "noeviction",
             "--logfile", str((self.directory / "redis.log").resolve()),
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         wait_until_answers(self.url)
         return self
 

@@ -92,9 +92,12 @@ class Demo:
         log_dir = ROOT / ".lanes" / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         log = (log_dir / f"{label.replace(' ', '-')}.log").open("wb")
-        self.children.append(
-            subprocess.Popen(args, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        # Each child in its own session: Ctrl-C reaches only the demo, which then asks every child
+        # to stop exactly once (a second signal would turn a worker's warm shutdown cold).
+        child = subprocess.Popen(
+            args, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
+        self.children.append(child)
         print(f"• {label}: pid {self.children[-1].pid}, log in .lanes/logs/{label.replace(' ', '-')}.log")
 
     def wait_for_api(self, timeout_s: float = 30.0) -> None:
@@ -185,7 +188,9 @@ def main(argv: list[str] | None = None) -> None:
 
     demo = Demo(pick_port(args.port))
     ok = False
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C and SIGTERM both stop the demo, even where a parent started it with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         demo.start()
         print("\nSubmitting example jobs across the three priorities before any worker runs:")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +15,7 @@ from sqlalchemy import create_engine, inspect
 
 from backend.devredis import answers, free_port
 from backend.migrate import downgrade, upgrade
-from tests.helpers import ROOT, lanes_env
+from tests.helpers import ROOT, lanes_env, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -94,3 +98,52 @@ def test_migrations_go_down_to_nothing_and_up_again(database_url: str) -> None:
     engine.dispose()
     assert {"id", "status", "progress", "attempts", "next_retry_at", "worker"} <= columns
     assert {"ix_jobs_tenant_status_created", "ix_jobs_status_priority_created"} <= indexes
+
+
+def test_ctrl_c_stops_the_demo_and_everything_it_started_without_cutting_a_job_off(tmp_path: Path) -> None:
+    redis_port = free_port()  # nothing answers there, so the demo starts its own redis-server
+    env = lanes_env(
+        redis_url=f"redis://127.0.0.1:{redis_port}/0", database_url=f"sqlite:///{tmp_path / 'd.db'}"
+    )
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "scripts.demo", "--port", str(free_port())],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as in a terminal
+    )
+    assert demo.stdout is not None
+    lines: list[str] = []
+    try:
+        for line in demo.stdout:
+            lines.append(line)
+            if "started" in line and "demo.sleep" in line:
+                break
+        os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+        rest, _ = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    out = "".join(lines) + rest
+
+    assert demo.returncode == 0, out
+    assert "started redis-server" in out and "stopped everything the demo started" in out
+    pids = [int(match) for match in re.findall(r": pid (\d+),", out)]
+    assert len(pids) == 3  # the API and two workers
+    for pid in pids:
+        wait_for(lambda pid=pid: not _alive(pid), timeout_s=10, message=f"pid {pid} to be gone")
+    assert not answers(f"redis://127.0.0.1:{redis_port}/0")
+    # The workers were asked to stop once, so they shut down warm: no job was cut off mid-run.
+    with sqlite3.connect(tmp_path / "d.db") as db:
+        statuses = dict(db.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall())
+    assert "started" not in statuses and statuses.get("succeeded", 0) >= 1, statuses
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
