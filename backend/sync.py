@@ -50,31 +50,12 @@ class JobMirror:
     # -- transitions ---------------------------------------------------------------------------
 
     def started(self, job: Job, *, worker: str) -> None:
-        attempt = attempt_of(job)
-        self._write(
-            job,
-            lambda s: mirror.advance(
-                s,
-                job_id=job.id,
-                status=JobStatus.STARTED,
-                attempt=attempt,
-                values=mirror.started_values(worker=worker, started_at=job.started_at),
-                create=_create_columns(job),
-            ),
-        )
+        values = mirror.started_values(worker=worker, started_at=job.started_at)
+        self._advance(job, JobStatus.STARTED, attempt_of(job), values)
 
     def succeeded(self, job: Job, *, attempt: int, result: Any) -> None:
-        self._write(
-            job,
-            lambda s: mirror.advance(
-                s,
-                job_id=job.id,
-                status=JobStatus.SUCCEEDED,
-                attempt=attempt,
-                values=mirror.succeeded_values(result=result, finished_at=_aware(job.ended_at)),
-                create=_create_columns(job),
-            ),
-        )
+        values = mirror.succeeded_values(result=result, finished_at=_aware(job.ended_at))
+        self._advance(job, JobStatus.SUCCEEDED, attempt, values)
 
     def ended_badly(self, job: Job, *, attempt: int, exc_string: str) -> None:
         """After RQ handled a failure: the row becomes retrying, failed or cancelled as RQ decided."""
@@ -95,12 +76,7 @@ class JobMirror:
         else:
             status = JobStatus.FAILED
             values = mirror.failed_values(error=error, traceback=exc_string, finished_at=_aware(job.ended_at))
-        self._write(
-            job,
-            lambda s: mirror.advance(
-                s, job_id=job.id, status=status, attempt=attempt, values=values, create=_create_columns(job)
-            ),
-        )
+        self._advance(job, status, attempt, values)
 
     def progress_sink(self, job: Job) -> Callable[[int, str | None], None]:
         """A throttled `progress()` sink for `job`: Redis meta and SQL at most every interval."""
@@ -133,6 +109,15 @@ class JobMirror:
             )
 
         return sink
+
+    def _advance(self, job: Job, status: JobStatus, attempt: int, values: dict[str, Any]) -> None:
+        # Everything that reads the job stays inside the guarded write: nothing here may fail a job.
+        self._write(
+            job,
+            lambda s: mirror.advance(
+                s, job_id=job.id, status=status, attempt=attempt, values=values, create=_create_columns(job)
+            ),
+        )
 
     # -- failure handling ----------------------------------------------------------------------
 
