@@ -1,11 +1,13 @@
 """Moving a job's SQL row through its states, forward only.
 
-A row's position is (attempts, rank of status): within one attempt it climbs
+A row's position is (epoch, attempts, rank of status): within one attempt it climbs
 scheduled < queued < started < retrying < succeeded | failed | cancelled, and a new attempt starts
-the ladder again. A write is applied with one conditional UPDATE that matches only while the row
-is behind the new position, so a late, repeated or out-of-order write changes nothing, on SQLite
-and PostgreSQL alike. A row that does not exist (a job put on a queue behind the API's back) is
-created from what the worker knows (upsert).
+the ladder again. Within an epoch the final statuses are final; only a requeue, which opens the
+next epoch, moves a row on from them, and then nothing about an earlier epoch applies. A write is
+applied with one conditional UPDATE that matches only while the row is behind the new position, so
+a late, repeated or out-of-order write changes nothing, on SQLite and PostgreSQL alike. A row that
+does not exist (a job put on a queue behind the API's back) is created from what the worker knows
+(upsert).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def advance(
     job_id: str,
     status: JobStatus,
     attempt: int,
+    epoch: int = 0,
     values: dict[str, Any] | None = None,
     create: dict[str, Any] | None = None,
 ) -> bool:
@@ -40,13 +43,25 @@ def advance(
     missing. The caller commits.
     """
     new_rank = STATUS_RANK[status]
-    changes = {**(values or {}), "status": status.value, "attempts": attempt, "updated_at": utcnow()}
+    changes = {
+        **(values or {}),
+        "status": status.value,
+        "attempts": attempt,
+        "epoch": epoch,
+        "updated_at": utcnow(),
+    }
     statement = (
         update(JobRow)
         .where(
             JobRow.id == job_id,
-            JobRow.status.not_in([s.value for s in TERMINAL_STATUSES]),
-            or_(JobRow.attempts < attempt, and_(JobRow.attempts == attempt, _rank < new_rank)),
+            or_(
+                JobRow.epoch < epoch,
+                and_(
+                    JobRow.epoch == epoch,
+                    JobRow.status.not_in([s.value for s in TERMINAL_STATUSES]),
+                    or_(JobRow.attempts < attempt, and_(JobRow.attempts == attempt, _rank < new_rank)),
+                ),
+            ),
         )
         .values(**changes)
         .execution_options(synchronize_session=False)
@@ -67,7 +82,9 @@ def _insert_if_missing(session: Session, row: dict[str, Any]) -> None:
     session.execute(insert(JobRow).values(**row).on_conflict_do_nothing(index_elements=["id"]))
 
 
-def record_progress(session: Session, *, job_id: str, attempt: int, progress: int, stage: str | None) -> None:
+def record_progress(
+    session: Session, *, job_id: str, attempt: int, progress: int, stage: str | None, epoch: int = 0
+) -> None:
     """Store progress on a started row of this attempt; anything later is left alone."""
     values: dict[str, Any] = {"progress": progress}
     if stage is not None:
@@ -78,6 +95,7 @@ def record_progress(session: Session, *, job_id: str, attempt: int, progress: in
             JobRow.id == job_id,
             JobRow.status == JobStatus.STARTED.value,
             JobRow.attempts == attempt,
+            JobRow.epoch == epoch,
         )
         .values(**values)
         .execution_options(synchronize_session=False)

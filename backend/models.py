@@ -34,6 +34,8 @@ class JobRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     traceback: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: Bumped by each requeue: writes about an earlier run (a lower epoch) never apply.
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
     max_retries: Mapped[int] = mapped_column(Integer, default=0)
     timeout_s: Mapped[int | None] = mapped_column(Integer)
     next_retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -42,6 +44,9 @@ class JobRow(Base):
     webhook_attempts: Mapped[int] = mapped_column(Integer, default=0)
     schedule_id: Mapped[str | None] = mapped_column(String(64))
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    idempotency_hash: Mapped[str | None] = mapped_column(String(64))
+    idempotency_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    run_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     depends_on: Mapped[Any | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -57,4 +62,6 @@ class JobRow(Base):
         Index("ix_jobs_status_priority_created", "status", "priority", "created_at"),
         Index("ix_jobs_created_id", "created_at", "id"),
         Index("ix_jobs_task_created", "task", "created_at"),
+        Index("ux_jobs_idempotency_key", "idempotency_key", unique=True),
+        Index("ix_jobs_status_finished", "status", "finished_at"),
     )

@@ -81,11 +81,20 @@ def make_retry(max_retries: int, *, base_s: float, cap_s: float) -> Retry | None
 
 
 def attempt_of(job: Job) -> int:
-    """Which run of `job` is current or last, counting from 1, from RQ's own retry bookkeeping."""
+    """Which run of `job` is current or last, counting from 1, from RQ's own retry bookkeeping.
+
+    A requeued job carries the runs before the requeue in `meta["attempts_base"]`.
+    """
+    base = int(job.meta.get("attempts_base", 0) or 0)
     max_retries = int(job.meta.get("max_retries", 0) or 0)
     if job.retries_left is None or max_retries <= 0:
-        return 1
-    return max(1, max_retries - job.retries_left + 1)
+        return base + 1
+    return base + max(1, max_retries - job.retries_left + 1)
+
+
+def epoch_of(job: Job) -> int:
+    """How many times the job has been requeued (its SQL row's epoch)."""
+    return int(job.meta.get("epoch", 0) or 0)
 
 
 def scheduled_at(job: Job, connection: Redis) -> datetime | None:

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from backend import mirror
 from backend.db import session_scope, utcnow
 from backend.enums import JobStatus
-from backend.queues import MIRROR_PENDING_KEY, LanesJob, attempt_of, scheduled_at
+from backend.queues import MIRROR_PENDING_KEY, LanesJob, attempt_of, epoch_of, scheduled_at
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class JobMirror:
 
     def progress_sink(self, job: Job) -> Callable[[int, str | None], None]:
         """A throttled `progress()` sink for `job`: Redis meta and SQL at most every interval."""
-        attempt = attempt_of(job)
+        attempt, epoch = attempt_of(job), epoch_of(job)
         last_write = 0.0
         last_stage: str | None = None
 
@@ -103,7 +103,7 @@ class JobMirror:
             self._write(
                 job,
                 lambda s: mirror.record_progress(
-                    s, job_id=job.id, attempt=attempt, progress=percent, stage=stage
+                    s, job_id=job.id, attempt=attempt, epoch=epoch, progress=percent, stage=stage
                 ),
                 replay=False,
             )
@@ -115,7 +115,13 @@ class JobMirror:
         self._write(
             job,
             lambda s: mirror.advance(
-                s, job_id=job.id, status=status, attempt=attempt, values=values, create=_create_columns(job)
+                s,
+                job_id=job.id,
+                status=status,
+                attempt=attempt,
+                epoch=epoch_of(job),
+                values=values,
+                create=_create_columns(job),
             ),
         )
 
@@ -205,7 +211,15 @@ def sync_from_rq(session: Session, redis: Redis, job_id: str) -> JobStatus | Non
         attempt = max(1, attempt - 1)
     else:
         return None
-    mirror.advance(session, job_id=job.id, status=status, attempt=attempt, values=values, create=create)
+    mirror.advance(
+        session,
+        job_id=job.id,
+        status=status,
+        attempt=attempt,
+        epoch=epoch_of(job),
+        values=values,
+        create=create,
+    )
     return status
 
 
