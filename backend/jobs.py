@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -75,21 +76,13 @@ def submit_job(
         enqueued_at=now,
         updated_at=now,
         webhook_attempts=0,
+        epoch=0,
     )
     session.add(row)
     session.commit()
 
     try:
-        queue_for(priority.value, redis).enqueue_call(
-            spec.name,
-            kwargs=clean_params,
-            job_id=row.id,
-            timeout=spec.timeout_s,
-            result_ttl=settings.result_ttl_s,
-            failure_ttl=settings.failure_ttl_s,
-            retry=make_retry(retries, base_s=settings.retry_base_s, cap_s=settings.retry_cap_s),
-            meta={"max_retries": retries},
-        )
+        enqueue_row(redis=redis, settings=settings, row=row)
     except RedisError as exc:
         log.warning("job %s not enqueued, Redis refused: %s", row.id, exc)
         _mark_not_enqueued(session, row, f"not enqueued: Redis unavailable ({type(exc).__name__})")
@@ -97,6 +90,26 @@ def submit_job(
             "Redis is unavailable; the job was not queued", code="redis_unavailable"
         ) from exc
     return row
+
+
+def enqueue_row(*, redis: Redis, settings: Settings, row: JobRow, pipeline: Pipeline | None = None) -> None:
+    """Put the job that `row` describes on its queue, under the row's id.
+
+    Used for a first submit, a requeue (the row's epoch and attempts so far travel in the job's
+    meta, so the worker's writes land on the new run) and the reconciler's repairs. A job hash left
+    under the same id is replaced. With a pipeline, the commands are only queued on it.
+    """
+    queue_for(row.queue, redis).enqueue_call(
+        row.task,
+        kwargs=row.params or {},
+        job_id=row.id,
+        timeout=row.timeout_s,
+        result_ttl=settings.result_ttl_s,
+        failure_ttl=settings.failure_ttl_s,
+        retry=make_retry(row.max_retries, base_s=settings.retry_base_s, cap_s=settings.retry_cap_s),
+        meta={"max_retries": row.max_retries, "epoch": row.epoch or 0, "attempts_base": row.attempts or 0},
+        pipeline=pipeline,
+    )
 
 
 def _max_retries(settings: Settings, task_default: int | None, asked: int | None) -> int:

@@ -48,7 +48,7 @@ def test_job_data_in_redis_is_json_naming_the_task_never_a_python_path(
     stored = fake_redis.hgetall(f"rq:job:{job_id}")
     func_name, instance, args, kwargs = json.loads(zlib.decompress(stored[b"data"]))
     assert (func_name, instance, args, kwargs) == ("demo.echo", None, [], {"a": [1, 2]})
-    assert json.loads(stored[b"meta"]) == {"max_retries": 3}
+    assert json.loads(stored[b"meta"]) == {"max_retries": 3, "epoch": 0, "attempts_base": 0}
     assert stored[b"origin"] == b"normal"
 
 
