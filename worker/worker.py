@@ -18,6 +18,7 @@ from rq.queue import Queue
 from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
 
+from backend.control import CLAIM_SCRIPT, cancel_flag_key
 from backend.queues import attempt_of
 from backend.sync import JobMirror
 from backend.tasks.reporting import set_progress_sink
@@ -25,6 +26,10 @@ from backend.tasks.reporting import set_progress_sink
 log = logging.getLogger(__name__)
 
 STOP_CHECK_S = 0.1  # how often a sleeping scheduler looks for a stop request
+
+
+class JobCancelled(Exception):
+    """Raised in a work-horse whose job was cancelled just before it could start."""
 
 
 class PromptScheduler(RQScheduler):
@@ -114,10 +119,29 @@ class LanesWorker(Worker):
             self.pubsub_thread.join(timeout=1)
             self.pubsub.close()
 
+    # -- cancellation ---------------------------------------------------------------------------
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        if self._claim(job, queue):
+            super().execute_job(job, queue)
+
+    def _claim(self, job: Job, queue: Queue) -> bool:
+        """Mark the job started unless it was cancelled; atomic against `backend.control.cancel_job`."""
+        claim = self.connection.register_script(CLAIM_SCRIPT)
+        if claim(keys=[job.key, cancel_flag_key(job.id)], args=[self.name]):
+            return True
+        log.info("job %s was cancelled before it started; not running it", job.id)
+        self.connection.lrem(queue.intermediate_queue_key, 1, job.id)  # single-queue workers park it there
+        return False
+
     # -- in the work-horse -----------------------------------------------------------------------
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         super().prepare_job_execution(job, remove_from_intermediate_queue)
+        if self.connection.exists(cancel_flag_key(job.id)):
+            # Cancelled after the claim but before RQ could route a stop command to this horse.
+            self._stopped_job_id = job.id
+            raise JobCancelled(f"job {job.id} was cancelled before it started")
         self.mirror.started(job, worker=self.name)
         set_progress_sink(self.mirror.progress_sink(job))
 
