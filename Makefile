@@ -9,12 +9,13 @@ PYTEST_ARGS ?=
 
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install up down migrate api worker demo test test-fast lint format bench clean help
+.PHONY: install up down migrate api worker reconcile prune demo test test-fast lint format bench clean help
 
 help:
 	@echo "make demo      run the whole platform (Redis, SQLite, API, two workers) in one terminal"
 	@echo "make test      lint and every test (SQLite, and PostgreSQL where it answers)"
 	@echo "make install | up | down | migrate | api | worker [QUEUES=high] [NAME=w1] | lint | bench"
+	@echo "make reconcile | prune   repair rows against RQ | delete finished rows past LANES_RETENTION_DAYS"
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +40,12 @@ api: $(STAMP) migrate
 
 worker: $(STAMP)
 	$(BIN)/python -m worker $(QUEUES) $(if $(NAME),--name $(NAME))
+
+reconcile: $(STAMP)
+	$(BIN)/python -m backend.reconcile
+
+prune: $(STAMP)
+	$(BIN)/python -m backend.prune
 
 demo: $(STAMP)
 	$(BIN)/python -m scripts.demo

@@ -35,6 +35,12 @@ class Settings(BaseSettings):
 
     result_ttl_s: int = Field(default=86_400, description="How long RQ keeps a result in Redis.")
     failure_ttl_s: int = Field(default=30 * 86_400, description="How long the dead letter keeps a job.")
+    retention_days: int = Field(
+        default=30, ge=1, description="Finished rows older than this are pruned from SQL (make prune)."
+    )
+    reconcile_grace_s: float = Field(
+        default=30.0, ge=0, description="The reconciler leaves rows touched more recently than this alone."
+    )
 
     progress_min_interval_s: float = Field(
         default=0.5, ge=0, description="Progress writes to SQL closer than this are coalesced."
@@ -43,6 +49,17 @@ class Settings(BaseSettings):
     max_json_depth: int = Field(default=32, gt=0, description="Deepest JSON nesting a request may carry.")
     list_limit_max: int = Field(default=200, gt=0, description="Cap on `limit` in job lists.")
 
+    idempotency_ttl_s: int = Field(
+        default=86_400, ge=1, description="An Idempotency-Key replays its first job for this long."
+    )
+    max_delay_s: int = Field(
+        default=30 * 86_400, ge=0, description="Latest a submit may ask a job to run (delay_s or run_at)."
+    )
+    max_timeout_s: int = Field(default=86_400, ge=1, description="Largest timeout_s a submit may ask for.")
+
+    cancel_wait_s: float = Field(
+        default=5.0, ge=0, le=60, description="How long a cancel waits for a running job to stop."
+    )
     worker_poll_s: int = Field(
         default=5, ge=1, description="An idle worker wakes this often to replay mirror writes."
     )

@@ -30,21 +30,21 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from backend import mirror
+from backend import dependencies, mirror
 from backend.config import Settings
 from backend.db import utcnow
 from backend.enums import TERMINAL_STATUSES, JobStatus, Priority
 from backend.errors import BackendUnavailable, Conflict, NotFound
 from backend.jobs import enqueue_row, get_job
 from backend.models import JobRow
-from backend.queues import LanesJob
+from backend.queues import CANCEL_FLAG_TTL_S, LanesJob, cancel_flag_key
 from backend.sync import sync_from_rq
 
 log = logging.getLogger(__name__)
 
-CANCEL_FLAG_TTL_S = 7 * 86_400
 BULK_LIMIT = 1000
 WAITING = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RETRYING)
 REQUEUEABLE = (JobStatus.FAILED, JobStatus.CANCELLED)
@@ -58,10 +58,6 @@ if status == false or status == 'canceled' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'started', 'worker_name', ARGV[1])
 return 1
 """
-
-
-def cancel_flag_key(job_id: str) -> str:
-    return f"lanes:cancel:{job_id}"
 
 
 # -- cancel -------------------------------------------------------------------------------------
@@ -86,6 +82,7 @@ def cancel_job(
 
     if outcome == "cancelled" or outcome == "missing":
         _mark_cancelled(session, row, by=by, reason=f"cancelled by {by}")
+        _cancel_dependents(session, redis, job_id)
         return _fresh(session, job_id), True
     if outcome == "running":
         # It may end between our look and the command; the wait below sees how.
@@ -148,6 +145,16 @@ def _mark_cancelled(session: Session, row: JobRow, *, by: str, reason: str) -> N
         },
     )
     session.commit()
+
+
+def _cancel_dependents(session: Session, redis: Redis, job_id: str) -> None:
+    # A stopped running job cascades from its worker; a waiting one cascades here. The cancel
+    # itself stands whatever happens now; the reconciler repairs a cascade cut short.
+    try:
+        dependencies.cancel_dependents(session=session, redis=redis, job_id=job_id, reason="was cancelled")
+    except (RedisError, SQLAlchemyError):
+        session.rollback()
+        log.exception("job %s: cancelled, but cancelling the jobs waiting on it failed", job_id)
 
 
 def _await_outcome(
@@ -250,11 +257,12 @@ def requeue_job(*, session: Session, redis: Redis, settings: Settings, job_id: s
             code="not_requeueable",
         )
     now = utcnow()
+    waits = bool(row.depends_on) or (row.run_at is not None and row.run_at > now)
     moved = session.execute(
         update(JobRow)
         .where(JobRow.id == job_id, JobRow.epoch == row.epoch, JobRow.status == row.status)
         .values(
-            status=JobStatus.QUEUED.value,
+            status=(JobStatus.SCHEDULED if waits else JobStatus.QUEUED).value,
             epoch=row.epoch + 1,
             progress=0,
             stage=None,

@@ -1,8 +1,10 @@
-"""Jobs: submit, read, list and count. The domain, with no FastAPI in it.
+"""Jobs: submit (one or a batch), read, list and count. The domain, with no FastAPI in it.
 
-Submit order: the SQL row is committed first (status `queued`), then the job is enqueued. If Redis
-refuses, the row is marked `failed` with the reason and `BackendUnavailable` is raised, so no row
-claims to be queued for a job that never reached Redis, and no job runs without a row.
+Submit order: the SQL rows are committed first (`queued`, or `scheduled` while a job waits for its
+`run_at` or its dependencies), then the jobs are put in Redis in one transaction
+(`backend.enqueue`). If Redis refuses, the rows are marked `failed` with the reason and
+`BackendUnavailable` is raised, so no row claims to be waiting for a job that never reached Redis,
+and no job runs without a row. What each control accepts is in `backend.job_requests`.
 """
 
 from __future__ import annotations
@@ -11,22 +13,26 @@ import base64
 import binascii
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from redis import Redis
-from redis.client import Pipeline
 from redis.exceptions import RedisError
 from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from backend import dependencies, idempotency
 from backend.config import Settings
 from backend.db import utcnow
+from backend.enqueue import enqueue_row as enqueue_row  # re-exported: requeue and the reconciler use it
+from backend.enqueue import enqueue_rows
 from backend.enums import QUEUE_ORDER, JobStatus, Priority
 from backend.errors import BackendUnavailable, InvalidInput, NotFound
+from backend.job_requests import MAX_BATCH_JOBS, JobRequest, new_row
 from backend.models import JobRow
-from backend.queues import make_retry, queue_for
 from backend.tasks import TaskRegistry
 
 log = logging.getLogger(__name__)
@@ -39,8 +45,66 @@ class JobFilter:
     priority: Priority | None = None
 
 
+@dataclass(frozen=True)
+class Submission:
+    """A submitted job's row, and whether it is an earlier job replayed for an idempotency key."""
+
+    row: JobRow
+    replayed: bool = False
+
+
 def new_job_id() -> str:
     return uuid.uuid4().hex
+
+
+def submit(
+    *,
+    session: Session,
+    redis: Redis,
+    settings: Settings,
+    tasks: TaskRegistry,
+    request: JobRequest,
+    idempotency_key: str | None = None,
+) -> Submission:
+    """Validate, write the row, enqueue. Raises AppError subclasses.
+
+    With an `idempotency_key` that a live job already holds, that job comes back (`replayed`) if
+    the request is the same, and nothing is written or enqueued; a different request raises
+    `Conflict` (`idempotency_conflict`). Of concurrent submits with one key, one makes the job.
+    """
+    digest = None
+    if idempotency_key is not None:
+        idempotency.check_key(idempotency_key)
+        digest = idempotency.body_hash(request.canonical())
+    try:
+        if idempotency_key is not None and digest is not None:
+            first = idempotency.find_replay(session=session, key=idempotency_key, digest=digest, now=utcnow())
+            if first is not None:
+                return Submission(first, replayed=True)
+        now = utcnow()
+        statuses = dependencies.statuses_of(session, request.depends_on)
+        row = new_row(settings, tasks, request, now=now, statuses=statuses, earlier=(), job_id=new_job_id())
+        if idempotency_key is not None:
+            row.idempotency_key = idempotency_key
+            row.idempotency_hash = digest
+            row.idempotency_expires_at = now + timedelta(seconds=settings.idempotency_ttl_s)
+        session.add(row)
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        if idempotency_key is None or digest is None:
+            raise
+        # Another submit with this key committed first: its job is the answer, and this one
+        # enqueues nothing.
+        first = idempotency.find_replay(session=session, key=idempotency_key, digest=digest, now=utcnow())
+        if first is None:
+            raise
+        return Submission(first, replayed=True)
+    except BaseException:
+        session.rollback()  # nothing half-done (an expired key's release) may be left pending
+        raise
+    _enqueue_or_fail(session, redis, settings, [row], statuses)
+    return Submission(row)
 
 
 def submit_job(
@@ -54,85 +118,115 @@ def submit_job(
     priority: Priority | None = None,
     max_retries: int | None = None,
 ) -> JobRow:
-    """Validate, write the row, enqueue; the returned row is `queued`. Raises AppError subclasses."""
-    spec = tasks.get(task)
-    clean_params = spec.validate(params)
-    priority = Priority(priority or spec.priority)
-    retries = _max_retries(settings, spec.max_retries, max_retries)
-
-    now = utcnow()
-    row = JobRow(
-        id=new_job_id(),
-        task=spec.name,
-        queue=priority.value,
-        priority=priority.value,
-        status=JobStatus.QUEUED.value,
-        progress=0,
-        params=clean_params,
-        attempts=0,
-        max_retries=retries,
-        timeout_s=spec.timeout_s,
-        created_at=now,
-        enqueued_at=now,
-        updated_at=now,
-        webhook_attempts=0,
-        epoch=0,
-    )
-    session.add(row)
-    session.commit()
-
-    try:
-        enqueue_row(redis=redis, settings=settings, row=row)
-    except RedisError as exc:
-        log.warning("job %s not enqueued, Redis refused: %s", row.id, exc)
-        _mark_not_enqueued(session, row, f"not enqueued: Redis unavailable ({type(exc).__name__})")
-        raise BackendUnavailable(
-            "Redis is unavailable; the job was not queued", code="redis_unavailable"
-        ) from exc
-    return row
+    """Submit one job now, without the job controls; the row (see `submit`)."""
+    request = JobRequest(task=task, params=params, priority=priority, max_retries=max_retries)
+    return submit(session=session, redis=redis, settings=settings, tasks=tasks, request=request).row
 
 
-def enqueue_row(*, redis: Redis, settings: Settings, row: JobRow, pipeline: Pipeline | None = None) -> None:
-    """Put the job that `row` describes on its queue, under the row's id.
+def submit_batch(
+    *,
+    session: Session,
+    redis: Redis,
+    settings: Settings,
+    tasks: TaskRegistry,
+    requests: Sequence[JobRequest],
+) -> list[JobRow]:
+    """Submit up to `MAX_BATCH_JOBS` jobs all or none; their rows, in the order given.
 
-    Used for a first submit, a requeue (the row's epoch and attempts so far travel in the job's
-    meta, so the worker's writes land on the new run) and the reconciler's repairs. A job hash left
-    under the same id is replaced. With a pipeline, the commands are only queued on it.
+    Every request is validated before anything is written; the first bad one raises
+    `InvalidInput` (`invalid_batch_item`, detail `{"index", "code", "errors"}`). The rows are
+    written in one SQL transaction and the jobs put in Redis in one transaction. A job may wait
+    on earlier jobs of the batch (`depends_on_items`).
     """
-    queue_for(row.queue, redis).enqueue_call(
-        row.task,
-        kwargs=row.params or {},
-        job_id=row.id,
-        timeout=row.timeout_s,
-        result_ttl=settings.result_ttl_s,
-        failure_ttl=settings.failure_ttl_s,
-        retry=make_retry(row.max_retries, base_s=settings.retry_base_s, cap_s=settings.retry_cap_s),
-        meta={"max_retries": row.max_retries, "epoch": row.epoch or 0, "attempts_base": row.attempts or 0},
-        pipeline=pipeline,
-    )
-
-
-def _max_retries(settings: Settings, task_default: int | None, asked: int | None) -> int:
-    if asked is None:
-        return settings.default_max_retries if task_default is None else task_default
-    if not 0 <= asked <= settings.max_retries_limit:
+    if not 1 <= len(requests) <= MAX_BATCH_JOBS:
         raise InvalidInput(
-            f"max_retries must be between 0 and {settings.max_retries_limit}", code="invalid_max_retries"
+            f"a batch holds 1 to {MAX_BATCH_JOBS} jobs, not {len(requests)}", code="invalid_jobs"
         )
-    return asked
+    now = utcnow()
+    statuses = dependencies.statuses_of(session, (d for request in requests for d in request.depends_on))
+    rows: list[JobRow] = []
+    for index, request in enumerate(requests):
+        try:
+            row = new_row(
+                settings, tasks, request, now=now, statuses=statuses, earlier=rows, job_id=new_job_id()
+            )
+        except InvalidInput as exc:
+            raise InvalidInput(
+                {"index": index, "code": exc.code, "errors": exc.detail}, code="invalid_batch_item"
+            ) from exc
+        rows.append(row)
+    session.add_all(rows)
+    session.commit()
+    _enqueue_or_fail(session, redis, settings, rows, statuses)
+    return rows
 
 
-def _mark_not_enqueued(session: Session, row: JobRow, reason: str) -> None:
+def _enqueue_or_fail(
+    session: Session, redis: Redis, settings: Settings, rows: list[JobRow], statuses: dict[str, JobStatus]
+) -> None:
+    """Put committed rows' jobs in Redis, or mark them failed and raise `BackendUnavailable`."""
+    succeeded = {job_id for job_id, status in statuses.items() if status == JobStatus.SUCCEEDED}
     try:
-        session.execute(
-            update(JobRow)
-            .where(JobRow.id == row.id, JobRow.status == JobStatus.QUEUED.value)
-            .values(status=JobStatus.FAILED.value, error=reason, finished_at=utcnow(), updated_at=utcnow())
+        enqueue_rows(redis=redis, settings=settings, rows=rows, succeeded=succeeded)
+    except RedisError as exc:
+        log.warning("%d job(s) not enqueued, Redis refused: %s", len(rows), exc)
+        _mark_not_enqueued(session, rows, f"not enqueued: Redis unavailable ({type(exc).__name__})")
+        raise BackendUnavailable(
+            "Redis is unavailable; the job was not queued"
+            if len(rows) == 1
+            else "Redis is unavailable; none of the jobs was queued",
+            code="redis_unavailable",
+        ) from exc
+    _cancel_if_dependency_ended(session, redis, rows)
+
+
+def _cancel_if_dependency_ended(session: Session, redis: Redis, rows: list[JobRow]) -> None:
+    """Close the gap between checking a dependency and waiting on it.
+
+    A dependency that failed or was cancelled after the check, before these rows were committed,
+    found no dependents to cancel: cancel them now (`cancel_dependents` does nothing twice).
+    """
+    ours = {row.id for row in rows}
+    outside = sorted({job_id for row in rows for job_id in row.depends_on or () if job_id not in ours})
+    if not outside:
+        return
+    try:
+        cancelled = set(
+            dependencies.cancel_dependents_of_ended(session=session, redis=redis, job_ids=outside)
         )
-        session.commit()
-    except Exception:  # the caller answers 503 either way; the reconciler sees the row
+        for row in rows:
+            if row.id in cancelled:
+                session.refresh(row)
+    except Exception:  # the jobs are accepted; the worker's cascade or the reconciler finishes this
         session.rollback()
-        log.exception("job %s: could not mark the row failed after Redis refused it", row.id)
+        log.exception("could not check the dependencies of %d new job(s) again", len(rows))
+
+
+def _mark_not_enqueued(session: Session, rows: Sequence[JobRow], reason: str) -> None:
+    """Rows whose jobs Redis refused become `failed`, and give up their idempotency keys."""
+    now = utcnow()
+    ids = [row.id for row in rows]
+    try:
+        for start in range(0, len(ids), 500):
+            session.execute(
+                update(JobRow)
+                .where(
+                    JobRow.id.in_(ids[start : start + 500]),
+                    JobRow.status.in_([JobStatus.QUEUED.value, JobStatus.SCHEDULED.value]),
+                )
+                .values(
+                    status=JobStatus.FAILED.value,
+                    error=reason,
+                    finished_at=now,
+                    updated_at=now,
+                    idempotency_key=None,
+                )
+                .execution_options(synchronize_session=False)
+            )
+        session.commit()
+    except Exception:  # the caller answers 503 either way; the reconciler sees the rows
+        session.rollback()
+        log.exception("could not mark %d row(s) failed after Redis refused them", len(ids))
 
 
 def get_job(*, session: Session, job_id: str) -> JobRow:

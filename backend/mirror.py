@@ -12,6 +12,7 @@ does not exist (a job put on a queue behind the API's back) is created from what
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -139,10 +140,21 @@ def retrying_values(*, error: str, traceback: str | None, next_retry_at: datetim
     return {"error": error, "traceback": traceback, "next_retry_at": next_retry_at}
 
 
+#: The last line of the traceback of a run RQ killed at its timeout.
+_TIMED_OUT = re.compile(r"JobTimeoutException: Task exceeded maximum timeout value \((\d+) seconds\)$")
+
+
 def error_line(exc_string: str) -> str:
-    """The one line that says what went wrong: the last non-blank line of a traceback."""
+    """The one line that says what went wrong: the last non-blank line of a traceback.
+
+    A run killed at its timeout reads "timed out after N s" (the traceback keeps RQ's words).
+    """
     lines = [line.strip() for line in (exc_string or "").splitlines() if line.strip()]
-    return (lines[-1] if lines else "unknown error")[:2000]
+    last = lines[-1] if lines else "unknown error"
+    timed_out = _TIMED_OUT.search(last)
+    if timed_out:
+        return f"timed out after {timed_out.group(1)} s"
+    return last[:2000]
 
 
 def row_for_unknown_job(*, task: str, queue: str, params: Any, max_retries: int) -> dict[str, Any]:

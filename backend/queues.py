@@ -22,6 +22,13 @@ from backend.tasks import registry
 
 #: Redis set of job ids whose SQL mirror write failed; workers replay them.
 MIRROR_PENDING_KEY = "lanes:mirror:pending"
+CANCEL_FLAG_TTL_S = 7 * 86_400
+
+
+def cancel_flag_key(job_id: str) -> str:
+    """Set while a job is being cancelled: a worker that meets the flag does not run the job."""
+    return f"lanes:cancel:{job_id}"
+
 
 REDIS_CONNECT_TIMEOUT_S = 2.0
 REDIS_SOCKET_TIMEOUT_S = 5.0

@@ -5,14 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, SkipValidation
 
 from backend.enums import JobStatus, Priority
+from backend.job_requests import MAX_BATCH_JOBS, MAX_DEPENDENCIES
 
 #: A UTC timestamp written as ISO 8601 with an explicit offset (`2026-11-22T10:46:35.764910+00:00`).
 Timestamp = Annotated[
     datetime, PlainSerializer(lambda value: value.isoformat(), return_type=str, when_used="json")
 ]
+
+#: A job id as Lanes makes them (RQ-valid: letters, digits, `_`, `-`).
+JobId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
 class JobCreate(BaseModel):
@@ -26,6 +30,41 @@ class JobCreate(BaseModel):
     max_retries: int | None = Field(
         default=None, ge=0, description="Retries after the first attempt (at most LANES_MAX_RETRIES_LIMIT)."
     )
+    run_at: AwareDatetime | None = Field(
+        default=None,
+        description="Run no earlier than this (ISO 8601 with offset). More than a minute past: refused.",
+        examples=["2026-11-22T18:00:00+00:00"],
+    )
+    delay_s: float | None = Field(
+        default=None, ge=0, description="Run this many seconds from now (not with `run_at`)."
+    )
+    depends_on: list[JobId] | None = Field(
+        default=None,
+        max_length=MAX_DEPENDENCIES,
+        description="Ids of jobs that must all succeed first; if one fails or is cancelled, so is this one.",
+    )
+    timeout_s: int | None = Field(
+        default=None, ge=1, description="Kill a run after this long (default: the task's own timeout)."
+    )
+
+
+class JobBatchItem(JobCreate):
+    """One job of a batch: a `JobCreate`, which may also wait on earlier jobs of the same batch."""
+
+    depends_on_items: list[int] | None = Field(
+        default=None,
+        max_length=MAX_DEPENDENCIES,
+        description="Indexes of earlier jobs in this batch that must succeed first.",
+    )
+
+
+class JobBatchCreate(BaseModel):
+    """Up to 1,000 jobs, validated all first and accepted together or not at all."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Items are checked one by one in the route, so that a refusal names the item's index.
+    jobs: list[SkipValidation[JobBatchItem]] = Field(min_length=1, max_length=MAX_BATCH_JOBS)
 
 
 class JobOut(BaseModel):
@@ -52,6 +91,16 @@ class JobOut(BaseModel):
     started_at: Timestamp | None
     finished_at: Timestamp | None
     worker: str | None
+    # Job control (issue 3): delays, dependencies, timeouts and cancellation.
+    run_at: Timestamp | None = None
+    depends_on: list[str] | None = None
+    timeout_s: int | None = None
+    cancelled_at: Timestamp | None = None
+    cancelled_by: str | None = None
+
+
+class JobBatchOut(BaseModel):
+    jobs: list[JobOut] = Field(description="The accepted jobs, in the order they were given.")
 
 
 class JobPage(BaseModel):

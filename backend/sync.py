@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from backend import mirror
 from backend.db import session_scope, utcnow
+from backend.dependencies import cancel_dependents
 from backend.enums import JobStatus
 from backend.queues import MIRROR_PENDING_KEY, LanesJob, attempt_of, epoch_of, scheduled_at
 
@@ -77,6 +78,15 @@ class JobMirror:
             status = JobStatus.FAILED
             values = mirror.failed_values(error=error, traceback=exc_string, finished_at=_aware(job.ended_at))
         self._advance(job, status, attempt, values)
+        if status in (JobStatus.FAILED, JobStatus.CANCELLED):
+            # Jobs waiting on this one can no longer run: cancel them (and theirs) rather than
+            # leave them deferred for ever. Guarded like every mirror write.
+            reason = f"failed: {error}" if status == JobStatus.FAILED else "was cancelled"
+            self._write(
+                job,
+                lambda s: cancel_dependents(session=s, redis=self.redis, job_id=job.id, reason=reason),
+                replay=False,
+            )
 
     def progress_sink(self, job: Job) -> Callable[[int, str | None], None]:
         """A throttled `progress()` sink for `job`: Redis meta and SQL at most every interval."""

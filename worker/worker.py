@@ -18,8 +18,8 @@ from rq.queue import Queue
 from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
 
-from backend.control import CLAIM_SCRIPT, cancel_flag_key
-from backend.queues import attempt_of
+from backend.control import CLAIM_SCRIPT
+from backend.queues import attempt_of, cancel_flag_key
 from backend.sync import JobMirror
 from backend.tasks.reporting import set_progress_sink
 
@@ -78,8 +78,17 @@ class LanesWorker(Worker):
         if self._replay_due:
             self._last_replay = time.monotonic()
             self.mirror.replay_pending()
+            self._take_over_scheduling()
         if super().should_run_maintenance_tasks:
             super().run_maintenance_tasks()
+
+    def _take_over_scheduling(self) -> None:
+        # RQ tries for a dead worker's scheduler locks only at its 10-minute maintenance, so
+        # retries and delayed jobs could wait that long after a worker died. Try every poll: a
+        # lock is a SET NX per queue, and it frees 61 s after its holder stops renewing it.
+        scheduler = self.scheduler
+        if scheduler is not None and (scheduler._process is None or not scheduler._process.is_alive()):
+            scheduler.acquire_locks(auto_start=True)
 
     def _start_scheduler(
         self,

@@ -1,23 +1,37 @@
-"""/api/v1/jobs: submit, read, list and count jobs."""
+"""/api/v1/jobs: submit (one or a batch), read, list and count jobs."""
 
 from __future__ import annotations
 
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Response, status
+from pydantic import ValidationError
 
 from backend import jobs
 from backend.api.deps import RedisDep, SessionDep, SettingsDep, TasksDep
+from backend.api.errors import _validation_code as validation_code
 from backend.enums import JobStatus, Priority
-from backend.errors import NotFound
-from backend.schemas import ErrorOut, JobCreate, JobOut, JobPage, JobStats
+from backend.errors import InvalidInput, NotFound
+from backend.job_requests import JobRequest
+from backend.schemas import (
+    ErrorOut,
+    JobBatchCreate,
+    JobBatchItem,
+    JobBatchOut,
+    JobCreate,
+    JobOut,
+    JobPage,
+    JobStats,
+)
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 TASK_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (400, 404, 413, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (400, 404, 409, 413, 422, 503)
+}
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut, responses=ERRORS)
@@ -28,20 +42,61 @@ def submit_job(
     redis: RedisDep,
     settings: SettingsDep,
     tasks: TasksDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="The same key and body within LANES_IDEMPOTENCY_TTL_S return the first job.",
+        ),
+    ] = None,
 ) -> JobOut:
     """Submit a job: validate its params, record it, and put it on its priority's queue."""
-    row = jobs.submit_job(
+    submission = jobs.submit(
         session=session,
         redis=redis,
         settings=settings,
         tasks=tasks,
+        request=_request(body),
+        idempotency_key=idempotency_key,
+    )
+    response.headers["Location"] = f"{router.prefix}/{submission.row.id}"
+    if submission.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return JobOut.model_validate(submission.row)
+
+
+@router.post("/batch", status_code=status.HTTP_202_ACCEPTED, response_model=JobBatchOut, responses=ERRORS)
+def submit_batch(
+    body: JobBatchCreate, session: SessionDep, redis: RedisDep, settings: SettingsDep, tasks: TasksDep
+) -> JobBatchOut:
+    """Submit up to 1,000 jobs at once: all validated first, then accepted together or not at all."""
+    requests = [_request(_batch_item(index, item)) for index, item in enumerate(body.jobs)]
+    rows = jobs.submit_batch(session=session, redis=redis, settings=settings, tasks=tasks, requests=requests)
+    return JobBatchOut(jobs=[JobOut.model_validate(row) for row in rows])
+
+
+def _batch_item(index: int, raw: Any) -> JobBatchItem:
+    try:
+        return JobBatchItem.model_validate(raw)
+    except ValidationError as exc:
+        errors = [{k: v for k, v in e.items() if k in {"loc", "msg", "type"}} for e in exc.errors()]
+        raise InvalidInput(
+            {"index": index, "code": validation_code(errors), "errors": errors}, code="invalid_batch_item"
+        ) from None
+
+
+def _request(body: JobCreate) -> JobRequest:
+    return JobRequest(
         task=body.task,
         params=body.params,
         priority=body.priority,
         max_retries=body.max_retries,
+        run_at=body.run_at,
+        delay_s=body.delay_s,
+        depends_on=body.depends_on or (),
+        timeout_s=body.timeout_s,
+        depends_on_items=getattr(body, "depends_on_items", None) or (),
     )
-    response.headers["Location"] = f"{router.prefix}/{row.id}"
-    return JobOut.model_validate(row)
 
 
 @router.get("", response_model=JobPage, responses=ERRORS)
