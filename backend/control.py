@@ -129,21 +129,7 @@ def _cancel_in_rq(redis: Redis, job_id: str) -> str:
 
 
 def _mark_cancelled(session: Session, row: JobRow, *, by: str, reason: str) -> None:
-    now = utcnow()
-    mirror.advance(
-        session,
-        job_id=row.id,
-        status=JobStatus.CANCELLED,
-        attempt=row.attempts,
-        epoch=row.epoch,
-        values={
-            "cancelled_at": now,
-            "cancelled_by": by,
-            "finished_at": now,
-            "error": reason,
-            "next_retry_at": None,
-        },
-    )
+    mirror.cancel(session, row, by=by, reason=reason)
     session.commit()
 
 

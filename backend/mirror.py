@@ -83,6 +83,25 @@ def _insert_if_missing(session: Session, row: dict[str, Any]) -> None:
     session.execute(insert(JobRow).values(**row).on_conflict_do_nothing(index_elements=["id"]))
 
 
+def cancel(session: Session, row: JobRow, *, by: str, reason: str | None = None) -> bool:
+    """Move `row` to `cancelled` at its own epoch and attempt, saying who did it; the caller commits."""
+    now = utcnow()
+    return advance(
+        session,
+        job_id=row.id,
+        status=JobStatus.CANCELLED,
+        attempt=row.attempts,
+        epoch=row.epoch,
+        values={
+            "cancelled_at": now,
+            "cancelled_by": by,
+            "finished_at": now,
+            "error": reason or f"cancelled by {by}",
+            "next_retry_at": None,
+        },
+    )
+
+
 def record_progress(
     session: Session, *, job_id: str, attempt: int, progress: int, stage: str | None, epoch: int = 0
 ) -> None:

@@ -67,15 +67,7 @@ def put_back(
     flag = redis.get(cancel_flag_key(row.id))
     if flag is not None and not stale:
         by = flag.decode() if isinstance(flag, bytes) else str(flag)
-        at = utcnow()
-        mirror.advance(
-            session,
-            job_id=row.id,
-            status=JobStatus.CANCELLED,
-            attempt=row.attempts,
-            epoch=row.epoch,
-            values={"cancelled_at": at, "cancelled_by": by, "finished_at": at, "error": f"cancelled by {by}"},
-        )
+        mirror.cancel(session, row, by=by)
         log.warning("reconcile: job %s was lost with a cancel outstanding; marked cancelled", row.id)
         return "cancelled"
 

@@ -1,0 +1,135 @@
+"""Moving averages of how long jobs run, from the SQL mirror, cached for a few seconds.
+
+A run time is `finished_at - started_at` of a `succeeded` row: the task's own work, as the worker
+saw it. Each average covers the last `SAMPLE_SIZE` such rows of a task (newest created first, on
+the `(task, created_at)` index), of a queue, or of every task (newest finished first, on the
+`(status, finished_at)` index), so its cost is bounded however long the history.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.enums import JobStatus
+from backend.models import JobRow
+
+SAMPLE_SIZE = 50  # succeeded rows per moving average
+STATS_TTL_S = 5.0  # how long an average is reused before it is queried again
+STATS_MAX_ENTRIES = 1024  # the cache is cleared when it grows past this
+HANDOVER_SAMPLE_SIZE = 200  # recent succeeded rows whose gaps measure the hand-over
+HANDOVER_MAX_S = 1.0  # a longer gap between two jobs on a worker is idle time, not hand-over
+
+
+@dataclass(frozen=True)
+class Mean:
+    """The mean run time of recent succeeded jobs; `mean_s` is None with no samples."""
+
+    mean_s: float | None
+    samples: int
+
+
+class DurationStats:
+    """Moving averages of run times (finished_at - started_at), each reused for `ttl_s`.
+
+    Keyed by database, so one process may serve several. An average with no samples is not kept, so
+    the first successes of a new task count at once. Thread-safe enough: a race costs a duplicate
+    query, never a wrong answer.
+    """
+
+    def __init__(
+        self,
+        *,
+        ttl_s: float = STATS_TTL_S,
+        sample_size: int = SAMPLE_SIZE,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.ttl_s = ttl_s
+        self.sample_size = sample_size
+        self.clock = clock
+        self._cache: dict[tuple[str, str, str], tuple[float, Mean]] = {}
+        self._lock = threading.Lock()
+
+    def task_mean(self, session: Session, task: str) -> Mean:
+        """The task's last `sample_size` succeeded rows, newest created first (index task, created_at)."""
+        query = _succeeded().where(JobRow.task == task).order_by(JobRow.created_at.desc())
+        return self._cached(session, "task", task, lambda: self._mean(session, query))
+
+    def queue_mean(self, session: Session, queue: str) -> Mean:
+        """The queue's last `sample_size` succeeded rows, newest finished first."""
+        query = _succeeded().where(JobRow.queue == queue).order_by(JobRow.finished_at.desc())
+        return self._cached(session, "queue", queue, lambda: self._mean(session, query))
+
+    def overall_mean(self, session: Session) -> Mean:
+        """The last `sample_size` succeeded rows of any task (index status, finished_at)."""
+        query = _succeeded().order_by(JobRow.finished_at.desc())
+        return self._cached(session, "all", "", lambda: self._mean(session, query))
+
+    def handover(self, session: Session) -> Mean:
+        """How long a busy worker takes from ending one job to starting the next (result saved,
+        rows written, next job popped, work-horse forked): the median gap between consecutive jobs
+        on one worker among the last `HANDOVER_SAMPLE_SIZE` succeeded rows, gaps longer than
+        `HANDOVER_MAX_S` left out as idle time. A run time alone leaves this out, and for jobs of a
+        few milliseconds it is most of what each one costs."""
+        return self._cached(session, "handover", "", lambda: _handover(session))
+
+    def _mean(self, session: Session, query: Any) -> Mean:
+        spans = [
+            (finished - started).total_seconds()
+            for _, started, finished in session.execute(query.limit(self.sample_size))
+        ]
+        return Mean(max(0.0, sum(spans) / len(spans)) if spans else None, len(spans))
+
+    def _cached(self, session: Session, kind: str, name: str, compute: Callable[[], Mean]) -> Mean:
+        key = (str(session.get_bind().engine.url), kind, name)
+        now = self.clock()
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        mean = compute()
+        if not mean.samples:  # no history yet: ask again next time rather than for `ttl_s`
+            return mean
+        with self._lock:
+            if len(self._cache) >= STATS_MAX_ENTRIES:
+                self._cache.clear()
+            self._cache[key] = (now, mean)
+        return mean
+
+
+def _handover(session: Session) -> Mean:
+    query = _succeeded().order_by(JobRow.finished_at.desc()).limit(HANDOVER_SAMPLE_SIZE)
+    by_worker: dict[str, list[tuple[datetime, datetime]]] = {}
+    for worker, started, finished in session.execute(query):
+        if worker:
+            by_worker.setdefault(worker, []).append((started, finished))
+    gaps = []
+    for runs in by_worker.values():
+        runs.sort()
+        for (_, ended), (started, _) in itertools.pairwise(runs):
+            gap_s = (started - ended).total_seconds()
+            if 0 <= gap_s <= HANDOVER_MAX_S:
+                gaps.append(gap_s)
+    return Mean(statistics.median(gaps) if gaps else None, len(gaps))
+
+
+def _succeeded() -> Any:
+    """(worker, started_at, finished_at) of succeeded rows."""
+    return select(JobRow.worker, JobRow.started_at, JobRow.finished_at).where(
+        JobRow.status == JobStatus.SUCCEEDED.value,
+        JobRow.started_at.is_not(None),
+        JobRow.finished_at.is_not(None),
+    )
+
+
+#: The process's averages, used when a caller passes none.
+default_stats = DurationStats()

@@ -1,0 +1,119 @@
+"""What Redis says about the work waiting and under way: queue depths, where a job waits, and
+the live workers with what each is running. Read cheaply: `LPOS` and `LLEN`, never a list of ids.
+
+A worker is live while RQ's `rq:worker:<name>` hash exists (it expires when heartbeats stop) and
+carries no `death` stamp (a worker that stopped cleanly). A busy worker's executions are in
+`rq:worker:<name>:executions`; each execution's `created_at` is when the worker took the job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from redis import Redis
+from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE
+from rq.worker_registration import REDIS_WORKER_KEYS
+
+from backend.enums import QUEUE_ORDER
+
+QUEUE_KEY = "rq:queue:{}"
+SCAN_FROM_EACH_END = 1_000  # list entries `LPOS` may scan from the head, and from the tail
+
+
+@dataclass(frozen=True)
+class Execution:
+    """A job a worker is running."""
+
+    job_id: str
+    started_at: datetime | None  # when the worker took the job (RQ's execution `created_at`)
+
+
+@dataclass(frozen=True)
+class LiveWorker:
+    """A worker with a heartbeat: the queues it serves, in its order, and what it runs now."""
+
+    queues: tuple[str, ...]
+    running: tuple[Execution, ...]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One reading of Redis for a set of jobs."""
+
+    indexes: list[int | None]  # LPOS of each job asked about in its queue, None when not in it
+    depths: dict[str, int]  # LLEN of every queue in QUEUE_ORDER
+    workers: list[LiveWorker]  # live ones
+
+
+def read_workload(redis: Redis, jobs: Sequence[tuple[str, str]]) -> Workload:
+    """Where each (job id, queue) of `jobs` waits, how deep every queue is (in one MULTI), the live
+    workers, and when each busy one took its job. Two Redis round trips, three if a worker is busy.
+
+    `LPOS` costs Redis a scan from one end of the list, so each job is looked for within
+    `SCAN_FROM_EACH_END` entries of the head (about to run) and of the tail (just submitted); only
+    a job in the middle of a longer queue costs a full scan, in the second round trip.
+    """
+    names = [q.value for q in QUEUE_ORDER]
+    names += sorted({queue for _, queue in jobs} - set(names))
+    with redis.pipeline(transaction=True) as pipe:
+        pipe.smembers(REDIS_WORKER_KEYS)
+        for name in names:
+            pipe.llen(QUEUE_KEY.format(name))
+        for job_id, queue in jobs:
+            pipe.lpos(QUEUE_KEY.format(queue), job_id, maxlen=SCAN_FROM_EACH_END)
+            pipe.lpos(QUEUE_KEY.format(queue), job_id, rank=-1, maxlen=SCAN_FROM_EACH_END)
+        replies = pipe.execute()
+    keys = sorted(_text(key) for key in replies[0])
+    depths = dict(zip(names, (int(n) for n in replies[1 : 1 + len(names)]), strict=True))
+    found = replies[1 + len(names) :]
+    indexes: list[int | None] = [
+        None if head is None and tail is None else int(head if head is not None else tail)
+        for head, tail in zip(found[::2], found[1::2], strict=True)
+    ]
+    deep = [
+        n
+        for n, ((_, queue), index) in enumerate(zip(jobs, indexes, strict=True))
+        if index is None and depths[queue] > 2 * SCAN_FROM_EACH_END
+    ]
+
+    with redis.pipeline(transaction=False) as pipe:
+        for n in deep:
+            job_id, queue = jobs[n]
+            pipe.lpos(QUEUE_KEY.format(queue), job_id)
+        for key in keys:
+            pipe.hmget(key, "queues", "death")
+            pipe.smembers(WORKER_EXECUTIONS_KEY_TEMPLATE.format(key.removeprefix("rq:worker:")))
+        replies = pipe.execute() if deep or keys else []
+    for n, index in zip(deep, replies, strict=False):
+        indexes[n] = None if index is None else int(index)
+    replies = replies[len(deep) :]
+    live: list[tuple[tuple[str, ...], list[str]]] = []
+    for (queues, death), executions in zip(replies[::2], replies[1::2], strict=True):
+        if queues is not None and death is None:  # else expired (no heartbeat) or stopped
+            live.append((tuple(_text(queues).split(",")), sorted(_text(m) for m in executions)))
+
+    composite = [key for _, members in live for key in members]
+    started: dict[str, datetime | None] = {}
+    if composite:
+        with redis.pipeline(transaction=False) as pipe:
+            for key in composite:
+                pipe.hget(f"rq:execution:{key}", "created_at")
+            stamps = pipe.execute()
+        started = {
+            key: None if stamp is None else datetime.fromtimestamp(float(stamp), UTC)
+            for key, stamp in zip(composite, stamps, strict=True)
+        }
+    workers = [
+        LiveWorker(
+            queues=queues,
+            running=tuple(Execution(key.split(":", 1)[0], started.get(key)) for key in members),
+        )
+        for queues, members in live
+    ]
+    return Workload(indexes=indexes, depths=depths, workers=workers)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
