@@ -97,6 +97,18 @@ class JobOut(BaseModel):
     timeout_s: int | None = None
     cancelled_at: Timestamp | None = None
     cancelled_by: str | None = None
+    position: int | None = Field(default=None, description="1-based place in its queue while it waits.")
+    ahead: int | None = Field(
+        default=None, description="Jobs that will start before it, higher queues included."
+    )
+    estimated_start_at: Timestamp | None = Field(
+        default=None,
+        description="While it waits: when it should start (docs/estimates.md says how good this is).",
+    )
+    estimated_finish_at: Timestamp | None = None
+    estimate_basis: dict[str, Any] | None = Field(
+        default=None, description="What the estimate rests on: live workers, mean durations, sample sizes."
+    )
 
 
 class JobBatchOut(BaseModel):

@@ -36,7 +36,7 @@ def error_response(
     )
 
 
-def _validation_code(errors: list[Any]) -> str:
+def validation_code(errors: list[Any]) -> str:
     """`invalid_<field>` for the first field at fault (`invalid_priority`), else `invalid_request`."""
     for error in errors:
         if error.get("type") == "extra_forbidden":
@@ -59,7 +59,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{k: v for k, v in e.items() if k in {"loc", "msg", "type"}} for e in exc.errors()]
-        return error_response(422, errors, _validation_code(errors))
+        return error_response(422, errors, validation_code(errors))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

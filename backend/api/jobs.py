@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response, status
 from pydantic import ValidationError
+from redis import Redis
+from sqlalchemy.orm import Session
 
-from backend import jobs
+from backend import estimates, jobs
 from backend.api.deps import RedisDep, SessionDep, SettingsDep, TasksDep
-from backend.api.errors import _validation_code as validation_code
+from backend.api.errors import validation_code
 from backend.enums import JobStatus, Priority
 from backend.errors import InvalidInput, NotFound
 from backend.job_requests import JobRequest
+from backend.models import JobRow
 from backend.schemas import (
     ErrorOut,
     JobBatchCreate,
@@ -102,6 +106,7 @@ def _request(body: JobCreate) -> JobRequest:
 @router.get("", response_model=JobPage, responses=ERRORS)
 def list_jobs(
     session: SessionDep,
+    redis: RedisDep,
     settings: SettingsDep,
     status: JobStatus | None = None,
     task: Annotated[str | None, Query(pattern=TASK_NAME_PATTERN)] = None,
@@ -116,7 +121,7 @@ def list_jobs(
         limit=min(limit, settings.list_limit_max),
         cursor=cursor,
     )
-    return JobPage(items=[JobOut.model_validate(row) for row in rows], next_cursor=next_cursor)
+    return JobPage(items=with_estimates(session, redis, rows), next_cursor=next_cursor)
 
 
 @router.get("/stats", response_model=JobStats, responses=ERRORS)
@@ -126,11 +131,23 @@ def job_stats(session: SessionDep) -> JobStats:
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=ERRORS)
-def get_job(job_id: Annotated[str, Path(max_length=200)], session: SessionDep) -> JobOut:
-    """Read one job: status, progress, result or error, attempts and timestamps."""
+def get_job(job_id: Annotated[str, Path(max_length=200)], session: SessionDep, redis: RedisDep) -> JobOut:
+    """Read one job: status, progress, result or error, attempts, timestamps; estimates while it waits."""
     if not _valid_id(job_id):
         raise NotFound(f"job {job_id!r} not found", code="job_not_found")
-    return JobOut.model_validate(jobs.get_job(session=session, job_id=job_id))
+    return with_estimates(session, redis, [jobs.get_job(session=session, job_id=job_id)])[0]
+
+
+def with_estimates(session: Session, redis: Redis, rows: Sequence[JobRow]) -> list[JobOut]:
+    """Rows as the API shows them, waiting ones with their position and estimated times."""
+    waiting = [row for row in rows if row.status in estimates.WAITING_STATUSES]
+    found = estimates.estimates_for_many(session=session, redis=redis, jobs=waiting) if waiting else {}
+    return [
+        JobOut.model_validate(row).model_copy(update=found[row.id].fields())
+        if row.id in found
+        else JobOut.model_validate(row)
+        for row in rows
+    ]
 
 
 def _valid_id(job_id: str) -> bool:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import fakeredis
 import pytest
 from fastapi.testclient import TestClient
+
+from backend.models import JobRow
 
 
 def submit(api: TestClient, task: str = "demo.echo", **body: object) -> str:
@@ -158,3 +162,48 @@ def test_unknown_routes_and_methods_answer_in_the_same_error_shape(api: TestClie
 
 def test_liveness_answers_without_looking_at_redis_or_the_database(api: TestClient) -> None:
     assert api.get("/healthz").json() == {"status": "ok"}
+
+
+def test_a_waiting_job_shows_its_place_in_the_queue_and_when_it_should_start(
+    api: TestClient, fake_redis: fakeredis.FakeRedis
+) -> None:
+    fake_redis.sadd("rq:workers", "rq:worker:w1")
+    fake_redis.hset("rq:worker:w1", mapping={"state": "idle", "queues": "high,normal,low"})
+    record_history(api, task="demo.echo", runs_s=[2.0, 4.0])  # the estimate averages past runs
+    first = submit(api, "demo.echo", priority="high")
+    second = submit(api, "demo.echo")
+
+    job = api.get(f"/api/v1/jobs/{second}").json()
+    page = {item["id"]: item for item in api.get("/api/v1/jobs").json()["items"]}
+
+    assert job["position"] == 1 and job["ahead"] == 1  # the high job goes first
+    assert job["estimated_start_at"] is not None and job["estimated_finish_at"] is not None
+    assert page[second]["position"] == 1 and page[first]["position"] == 1 and page[first]["ahead"] == 0
+
+
+def record_history(api: TestClient, *, task: str, runs_s: list[float]) -> None:
+    """Finished runs of `task` in SQL, as a worker would have left them."""
+    now = datetime.now(UTC)
+    with api.app.state.lanes.sessions() as session:  # type: ignore[attr-defined]
+        for n, run_s in enumerate(runs_s):
+            started = now - timedelta(minutes=10 - n)
+            session.add(
+                JobRow(
+                    id=f"past{n}",
+                    task=task,
+                    queue="normal",
+                    priority="normal",
+                    status="succeeded",
+                    params={},
+                    attempts=1,
+                    max_retries=0,
+                    progress=100,
+                    webhook_attempts=0,
+                    epoch=0,
+                    created_at=started,
+                    started_at=started,
+                    finished_at=started + timedelta(seconds=run_s),
+                    updated_at=now,
+                )
+            )
+        session.commit()
