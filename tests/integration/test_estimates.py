@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -10,7 +9,6 @@ from fastapi.testclient import TestClient
 from redis import Redis
 from sqlalchemy.orm import Session
 
-from backend.db import make_engine, make_sessionmaker
 from backend.durations import DurationStats
 from backend.estimates import Estimate, estimates_for_many
 from backend.models import JobRow
@@ -20,14 +18,6 @@ from tests.integration.support import row, stamp, submit
 pytestmark = pytest.mark.integration
 
 JOB_S = 0.6  # every job of the story sleeps this long: a uniform workload
-
-
-@pytest.fixture
-def session(database_url: str) -> Iterator[Session]:
-    engine = make_engine(database_url)
-    with make_sessionmaker(engine)() as s:
-        yield s
-    engine.dispose()
 
 
 def run_all(api: TestClient, ids: list[str]) -> dict[str, dict[str, object]]:
