@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from redis import Redis
 
 from backend import __version__
-from backend.api import control, health, jobs, tasks
+from backend.api import control, health, jobs, schedules, tasks
 from backend.api.body_guard import BodyGuard
 from backend.api.deps import AppContext
 from backend.api.errors import install_error_handlers
@@ -58,7 +58,14 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
     app.add_middleware(
         BodyGuard, max_body_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth
     )
-    for router in (control.router, jobs.router, tasks.router, health.router, health.liveness):
+    for router in (
+        control.router,
+        jobs.router,
+        schedules.router,
+        tasks.router,
+        health.router,
+        health.liveness,
+    ):
         app.include_router(router)
     return app
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from backend.db import UTCDateTime, utcnow
@@ -64,4 +64,33 @@ class JobRow(Base):
         Index("ix_jobs_task_created", "task", "created_at"),
         Index("ux_jobs_idempotency_key", "idempotency_key", unique=True),
         Index("ix_jobs_status_finished", "status", "finished_at"),
+    )
+
+
+class ScheduleRow(Base):
+    """One schedule: run `task` with `params` whenever `cron` matches, in `timezone`."""
+
+    __tablename__ = "schedules"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str | None] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    task: Mapped[str] = mapped_column(String(200))
+    params: Mapped[Any] = mapped_column(JSON, default=dict)
+    priority: Mapped[str] = mapped_column(String(16), default=Priority.NORMAL.value)
+    max_retries: Mapped[int] = mapped_column(Integer, default=0)
+    cron: Mapped[str] = mapped_column(String(200))
+    #: An IANA name: fire times are computed in this zone, whatever the host's TZ is.
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: The next firing; None while the schedule is disabled.
+    next_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+
+    __table_args__ = (
+        Index("ix_schedules_enabled_next_run", "enabled", "next_run_at"),
+        Index("ix_schedules_created_id", "created_at", "id"),
     )

@@ -89,15 +89,17 @@ def test_make_down_leaves_alone_a_redis_it_did_not_start(redis_url: str, tmp_pat
 def test_migrations_go_down_to_nothing_and_up_again(database_url: str) -> None:
     downgrade(database_url, revision="base", quiet=True)
     engine = create_engine(database_url)
-    assert "jobs" not in inspect(engine).get_table_names()
+    assert not {"jobs", "schedules"} & set(inspect(engine).get_table_names())
 
     upgrade(database_url, quiet=True)
 
     columns = {c["name"] for c in inspect(engine).get_columns("jobs")}
     indexes = {i["name"] for i in inspect(engine).get_indexes("jobs")}
+    schedule_indexes = {i["name"] for i in inspect(engine).get_indexes("schedules")}
     engine.dispose()
     assert {"id", "status", "progress", "attempts", "next_retry_at", "worker"} <= columns
     assert {"ix_jobs_tenant_status_created", "ix_jobs_status_priority_created"} <= indexes
+    assert "ix_schedules_enabled_next_run" in schedule_indexes
 
 
 def test_ctrl_c_stops_the_demo_and_everything_it_started_without_cutting_a_job_off(tmp_path: Path) -> None:

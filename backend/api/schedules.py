@@ -1,0 +1,156 @@
+"""/api/v1/schedules: create, read, list, change and delete cron schedules.
+
+Firing them is the scheduler daemon's work; these routes only keep the `schedules` table.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Response, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from backend import schedules
+from backend.api.deps import SessionDep, SettingsDep, TasksDep
+from backend.db import utcnow
+from backend.enums import Priority
+from backend.errors import NotFound
+from backend.models import ScheduleRow
+from backend.schemas import ErrorOut, Timestamp
+
+router = APIRouter(prefix="/api/v1/schedules", tags=["schedules"])
+
+SCHEDULE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (400, 404, 413, 422, 503)}
+ScheduleId = Annotated[str, Path(max_length=200)]
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+Cron = Annotated[str, Field(min_length=1, max_length=schedules.MAX_CRON_CHARS, examples=["*/15 * * * *"])]
+TimeZone = Annotated[str, Field(min_length=1, max_length=64, examples=["Europe/Paris"])]
+
+
+class ScheduleCreate(BaseModel):
+    """Run `task` with `params` whenever `cron` matches, read as wall-clock time in `timezone`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    task: str = Field(min_length=1, max_length=200, examples=["demo.sleep"])
+    params: dict[str, Any] = Field(default_factory=dict, examples=[{"seconds": 3}])
+    cron: Cron
+    timezone: TimeZone = "UTC"
+    priority: Priority | None = Field(default=None, description="Default: the task's own priority.")
+    max_retries: int | None = Field(default=None, ge=0, description="Default: the task's own policy.")
+    enabled: bool = True
+
+
+class ScheduleUpdate(BaseModel):
+    """The fields to change; those left out stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name | None = None
+    enabled: bool | None = None
+    cron: Cron | None = None
+    timezone: TimeZone | None = None
+    params: dict[str, Any] | None = None
+    priority: Priority | None = None
+    max_retries: int | None = Field(default=None, ge=0)
+
+
+class ScheduleOut(BaseModel):
+    """A schedule as its SQL row shows it, with its coming fire times."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    task: str
+    params: dict[str, Any]
+    priority: Priority
+    max_retries: int
+    cron: str
+    timezone: str
+    enabled: bool
+    last_run_at: Timestamp | None
+    next_run_at: Timestamp | None
+    created_at: Timestamp
+    updated_at: Timestamp
+    created_by: str | None
+    next_fire_times: list[Timestamp] = Field(
+        default_factory=list, description="The next few fire times in UTC; empty while disabled."
+    )
+
+
+class SchedulePage(BaseModel):
+    items: list[ScheduleOut]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next (older) page; null at the end."
+    )
+
+
+def _out(row: ScheduleRow) -> ScheduleOut:
+    fire_times = schedules.coming_fire_times(row, now=utcnow())
+    return ScheduleOut.model_validate(row).model_copy(update={"next_fire_times": fire_times})
+
+
+def _check_id(schedule_id: str) -> None:
+    if re.fullmatch(SCHEDULE_ID_PATTERN, schedule_id) is None:
+        raise NotFound(f"schedule {schedule_id!r} not found", code="schedule_not_found")
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ScheduleOut, responses=ERRORS)
+def create_schedule(
+    body: ScheduleCreate, response: Response, session: SessionDep, settings: SettingsDep, tasks: TasksDep
+) -> ScheduleOut:
+    """Create a schedule: its task and params are validated like a job submit, its cron checked."""
+    row = schedules.create_schedule(
+        session=session, settings=settings, tasks=tasks, **body.model_dump(exclude_none=True)
+    )
+    response.headers["Location"] = f"{router.prefix}/{row.id}"
+    return _out(row)
+
+
+@router.get("", response_model=SchedulePage, responses=ERRORS)
+def list_schedules(
+    session: SessionDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> SchedulePage:
+    """List schedules, newest first, one page at a time."""
+    rows, next_cursor = schedules.list_schedules(
+        session=session, limit=min(limit, settings.list_limit_max), cursor=cursor
+    )
+    return SchedulePage(items=[_out(row) for row in rows], next_cursor=next_cursor)
+
+
+@router.get("/{schedule_id}", response_model=ScheduleOut, responses=ERRORS)
+def get_schedule(schedule_id: ScheduleId, session: SessionDep) -> ScheduleOut:
+    """Read one schedule and its next fire times."""
+    _check_id(schedule_id)
+    return _out(schedules.get_schedule(session=session, schedule_id=schedule_id))
+
+
+@router.patch("/{schedule_id}", response_model=ScheduleOut, responses=ERRORS)
+def update_schedule(
+    schedule_id: ScheduleId, body: ScheduleUpdate, session: SessionDep, settings: SettingsDep, tasks: TasksDep
+) -> ScheduleOut:
+    """Change a schedule: enable or disable it, its cron, time zone, params, priority, retries, name."""
+    _check_id(schedule_id)
+    row = schedules.update_schedule(
+        session=session,
+        settings=settings,
+        tasks=tasks,
+        schedule_id=schedule_id,
+        changes=schedules.ScheduleChanges(**body.model_dump(exclude_none=True)),
+    )
+    return _out(row)
+
+
+@router.delete("/{schedule_id}", status_code=status.HTTP_204_NO_CONTENT, responses=ERRORS)
+def delete_schedule(schedule_id: ScheduleId, session: SessionDep) -> Response:
+    """Delete a schedule; it fires no more."""
+    _check_id(schedule_id)
+    schedules.delete_schedule(session=session, schedule_id=schedule_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
