@@ -9,22 +9,20 @@ and no job runs without a row. What each control accepts is in `backend.job_requ
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backend import dependencies, idempotency
+from backend import dependencies, idempotency, pages
 from backend.config import Settings
 from backend.db import utcnow
 from backend.enqueue import enqueue_row as enqueue_row  # re-exported: requeue and the reconciler use it
@@ -247,31 +245,7 @@ def list_jobs(
         query = query.where(JobRow.task == filters.task)
     if filters.priority is not None:
         query = query.where(JobRow.priority == filters.priority.value)
-    if cursor is not None:
-        created_at, job_id = decode_cursor(cursor)
-        query = query.where(
-            or_(JobRow.created_at < created_at, and_(JobRow.created_at == created_at, JobRow.id < job_id))
-        )
-    rows = list(session.scalars(query.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit + 1)))
-    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return rows[:limit], next_cursor
-
-
-def encode_cursor(row: JobRow) -> str:
-    raw = f"{row.created_at.isoformat()}|{row.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, job_id = raw.split("|", 1)
-        created_at = datetime.fromisoformat(stamp)
-        if created_at.tzinfo is None or not job_id:
-            raise ValueError("incomplete cursor")
-    except (ValueError, UnicodeDecodeError, binascii.Error):
-        raise InvalidInput("cursor is not one this API gave out", code="invalid_cursor") from None
-    return created_at, job_id
+    return pages.page(session, query, JobRow, limit=limit, cursor=cursor)
 
 
 def job_stats(*, session: Session) -> dict[str, Any]:

@@ -16,7 +16,6 @@ is the scheduler daemon's work, not this module's.
 
 from __future__ import annotations
 
-import base64
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,15 +23,15 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadCronError, CroniterBadDateError, CroniterError, croniter
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from backend import pages
 from backend.config import Settings
 from backend.db import utcnow
 from backend.enums import Priority
 from backend.errors import InvalidInput, NotFound
 from backend.job_requests import JobRequest, new_row
-from backend.jobs import decode_cursor
 from backend.models import ScheduleRow
 from backend.tasks import TaskRegistry
 
@@ -205,19 +204,7 @@ def list_schedules(
     *, session: Session, limit: int, cursor: str | None = None
 ) -> tuple[list[ScheduleRow], str | None]:
     """Newest first, one page of `limit` rows and the cursor of the next page (keyset pagination)."""
-    query = select(ScheduleRow)
-    if cursor is not None:
-        created_at, schedule_id = decode_cursor(cursor)
-        query = query.where(
-            or_(
-                ScheduleRow.created_at < created_at,
-                and_(ScheduleRow.created_at == created_at, ScheduleRow.id < schedule_id),
-            )
-        )
-    query = query.order_by(ScheduleRow.created_at.desc(), ScheduleRow.id.desc()).limit(limit + 1)
-    rows = list(session.scalars(query))
-    next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return rows[:limit], next_cursor
+    return pages.page(session, select(ScheduleRow), ScheduleRow, limit=limit, cursor=cursor)
 
 
 def update_schedule(
@@ -276,8 +263,3 @@ def _validated_job(
     request = JobRequest(task=task, params=params, priority=priority, max_retries=max_retries)
     probe = new_row(settings, tasks, request, now=utcnow(), statuses={}, earlier=(), job_id="schedule-probe")
     return probe.task, probe.params, probe.priority, probe.max_retries
-
-
-def _encode_cursor(row: ScheduleRow) -> str:
-    raw = f"{row.created_at.isoformat()}|{row.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
