@@ -33,7 +33,10 @@ def test_a_delayed_job_still_runs_on_time_after_the_scheduling_worker_is_killed(
     owner = redis.get(LOCK)
     second = workers.start(worker_poll_s=1)
 
-    for pid in [*children_of(first.pid), first.pid]:  # its scheduler process and the worker, at once
+    # The worker takes the lock first and forks its scheduler process just after: wait for the
+    # process, or the kill below misses it and it lives on as an orphan holding the lock.
+    scheduler_pids = wait_for(lambda: children_of(first.pid), message="the first worker's scheduler process")
+    for pid in [*scheduler_pids, first.pid]:  # its scheduler process and the worker, at once
         os.kill(pid, signal.SIGKILL)
     first.wait()
     redis.delete(*redis.keys("rq:scheduler-lock:*"))  # stands in for the locks expiring (61 s)
