@@ -9,12 +9,12 @@ PYTEST_ARGS ?=
 
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install up down migrate api worker reconcile prune demo test test-fast lint format bench clean help
+.PHONY: install up down migrate api worker scheduler reconcile prune demo test test-fast lint format bench clean help
 
 help:
-	@echo "make demo      run the whole platform (Redis, SQLite, API, two workers) in one terminal"
+	@echo "make demo      run the whole platform (Redis, SQLite, API, two workers, scheduler) in one terminal"
 	@echo "make test      lint and every test (SQLite, and PostgreSQL where it answers)"
-	@echo "make install | up | down | migrate | api | worker [QUEUES=high] [NAME=w1] | lint | bench"
+	@echo "make install | up | down | migrate | api | worker [QUEUES=high] [NAME=w1] | scheduler | lint | bench"
 	@echo "make reconcile | prune   repair rows against RQ | delete finished rows past LANES_RETENTION_DAYS"
 
 $(STAMP):
@@ -40,6 +40,9 @@ api: $(STAMP) migrate
 
 worker: $(STAMP)
 	$(BIN)/python -m worker $(QUEUES) $(if $(NAME),--name $(NAME))
+
+scheduler: $(STAMP) migrate
+	$(BIN)/python -m scheduler $(if $(NAME),--name $(NAME))
 
 reconcile: $(STAMP)
 	$(BIN)/python -m backend.reconcile

@@ -65,6 +65,19 @@ class Settings(BaseSettings):
     )
     worker_ttl_s: int = Field(default=420, ge=10, description="A worker silent this long is dead to RQ.")
 
+    scheduler_interval_s: float = Field(
+        default=1.0, gt=0, le=60, description="The scheduler daemon looks for due schedules this often."
+    )
+    scheduler_sync_s: float = Field(
+        default=5.0, gt=0, description="The scheduler makes Redis match the schedules table this often."
+    )
+    reconcile_interval_s: float = Field(
+        default=60.0, gt=0, description="The scheduler runs the reconciler this often."
+    )
+    prune_interval_s: float = Field(
+        default=3600.0, gt=0, description="The scheduler prunes finished rows this often."
+    )
+
     api_host: str = Field(default="127.0.0.1", description="Address `make api` listens on.")
     api_port: int = Field(
         default=8000, ge=1, le=65535, description="Port `make api` and `make demo` listen on."

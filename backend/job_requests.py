@@ -43,6 +43,8 @@ class JobRequest:
     timeout_s: int | None = None
     #: Batch only: indexes of earlier jobs of the same batch that must succeed first.
     depends_on_items: Sequence[int] = ()
+    #: The schedule that fires this job, if one does (not part of a submit's body).
+    schedule_id: str | None = None
 
     def canonical(self) -> dict[str, Any]:
         """The request as JSON values: what an idempotency key's body hash is taken of."""
@@ -97,6 +99,7 @@ def new_row(
         timeout_s=timeout_s,
         run_at=run_at,
         depends_on=depends_on or None,
+        schedule_id=request.schedule_id,
         created_at=now,
         enqueued_at=now,
         updated_at=now,

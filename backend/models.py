@@ -64,6 +64,7 @@ class JobRow(Base):
         Index("ix_jobs_task_created", "task", "created_at"),
         Index("ux_jobs_idempotency_key", "idempotency_key", unique=True),
         Index("ix_jobs_status_finished", "status", "finished_at"),
+        Index("ix_jobs_schedule_created", "schedule_id", "created_at", "id"),
     )
 
 

@@ -1,47 +1,47 @@
 """Schedules: cron rows that run a task again and again. The domain, with no FastAPI in it.
 
 A schedule names a task, its params, priority and retry policy (validated exactly like a job
-submit, by `backend.job_requests.new_row`), a five-field cron expression and an IANA time zone.
-Fire times are computed in the schedule's own zone and stored and shown in UTC, whatever the
-host's `TZ` is. Around daylight-saving changes:
+submit, by `backend.job_requests.new_row`), a five-field cron expression and an IANA time zone
+(`backend.cron`: fire times in the schedule's own zone, daylight saving included).
 
-- spring forward: a time that does not exist that day (02:30) fires at the first minute after
-  the gap (03:00), once;
-- fall back: a time that happens twice (01:30) fires once, at its first occurrence, unless the
-  hour field is `*` (`*/15 * * * *`): such a schedule follows elapsed time and fires in both hours.
-
-`next_run_at` is stored on create and on every change (None while disabled). Firing schedules
-is the scheduler daemon's work, not this module's.
+`next_run_at` is stored on create and on every change (None while disabled). Every change is
+written through to the schedule's rq-scheduler entry in Redis at once (`backend.schedule_entries`);
+the scheduler daemon fires due schedules (`backend.firing`) and re-syncs the entries from SQL.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterBadCronError, CroniterBadDateError, CroniterError, croniter
-from sqlalchemy import select
+from redis import Redis
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from backend import pages
+from backend import jobs, pages
 from backend.config import Settings
+from backend.cron import (
+    MAX_CRON_CHARS as MAX_CRON_CHARS,
+)
+from backend.cron import (
+    coming_fire_times as coming_fire_times,
+)
+from backend.cron import (
+    next_fire_times as next_fire_times,
+)
+from backend.cron import (
+    next_run_at,
+    validate_cron,
+    validate_timezone,
+)
 from backend.db import utcnow
 from backend.enums import Priority
-from backend.errors import InvalidInput, NotFound
+from backend.errors import NotFound
 from backend.job_requests import JobRequest, new_row
-from backend.models import ScheduleRow
+from backend.models import JobRow, ScheduleRow
+from backend.schedule_entries import write_through
 from backend.tasks import TaskRegistry
-
-#: A cron expression must match at least once within this many years, or it is refused.
-NEVER_FIRES_HORIZON_YEARS = 5
-#: How many coming fire times the API shows.
-SHOWN_FIRE_TIMES = 5
-#: Longest cron expression accepted (the column's width).
-MAX_CRON_CHARS = 200
-CRON_FIELDS = 5
 
 
 @dataclass(frozen=True)
@@ -61,97 +61,13 @@ def new_schedule_id() -> str:
     return uuid.uuid4().hex
 
 
-# -- cron and time zones -------------------------------------------------------------------------
-
-
-def validate_cron(expr: str) -> str:
-    """`expr` normalised to single spaces; raises `InvalidInput` (`invalid_cron`) when refused.
-
-    Accepted: exactly five fields (minute hour day-of-month month day-of-week) with `*`, steps
-    (`*/15`), ranges (`1-5`), lists (`1,15`) and month and day names (`jan`, `mon-fri`). Refused:
-    anything else, and an expression that never fires within `NEVER_FIRES_HORIZON_YEARS`
-    (`0 0 31 2 *`).
-    """
-    fields = expr.split()
-    if len(fields) != CRON_FIELDS or len(expr) > MAX_CRON_CHARS:
-        raise InvalidInput(
-            f"cron must have exactly five fields (minute hour day-of-month month day-of-week),"
-            f" e.g. '*/15 * * * *'; got {expr!r}",
-            code="invalid_cron",
-        )
-    normalised = " ".join(fields)
-    try:
-        croniter(normalised)
-    except (CroniterBadCronError, CroniterError, ValueError) as exc:
-        raise InvalidInput(f"cron {normalised!r} is not valid: {exc}", code="invalid_cron") from None
-    try:
-        _iterator(normalised, ZoneInfo("UTC"), utcnow()).get_next(datetime)
-    except CroniterBadDateError:
-        raise InvalidInput(
-            f"cron {normalised!r} never fires: no date matches it within {NEVER_FIRES_HORIZON_YEARS} years",
-            code="invalid_cron",
-        ) from None
-    return normalised
-
-
-def validate_timezone(name: str) -> str:
-    """`name` if it is an IANA time zone (`Europe/Paris`, `UTC`); raises `InvalidInput` otherwise."""
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise InvalidInput(
-            f"timezone {name!r} is not an IANA time zone name such as 'UTC' or 'Europe/Paris'",
-            code="invalid_timezone",
-        ) from None
-    return name
-
-
-def next_fire_times(cron: str, timezone: str, *, after: datetime, n: int) -> list[datetime]:
-    """The next `n` fire times strictly after `after`, as aware UTC datetimes.
-
-    The cron is read as wall-clock time in `timezone`; see the module docstring for DST.
-    """
-    if after.tzinfo is None:
-        raise ValueError("after must be timezone-aware")
-    zone = ZoneInfo(timezone)
-    iterator = _iterator(cron, zone, after.astimezone(zone))
-    hour_is_wildcard = iterator.expanded[1] == ["*"]
-    times: list[datetime] = []
-    last_wall: datetime | None = None
-    while len(times) < n:
-        local: datetime = iterator.get_next(datetime)
-        wall = local.replace(tzinfo=None, fold=0)
-        # The second pass through a repeated wall-clock hour (fold=1): a fixed time fired already.
-        if local.fold == 1 and not hour_is_wildcard and wall == last_wall:
-            continue
-        last_wall = wall
-        times.append(local.astimezone(UTC))
-    return times
-
-
-def _iterator(cron: str, zone: ZoneInfo, start: datetime) -> croniter:
-    return croniter(cron, start.astimezone(zone), max_years_between_matches=NEVER_FIRES_HORIZON_YEARS)
-
-
-def _next_run_at(row: ScheduleRow, now: datetime) -> datetime | None:
-    if not row.enabled:
-        return None
-    return next_fire_times(row.cron, row.timezone, after=now, n=1)[0]
-
-
-def coming_fire_times(row: ScheduleRow, *, now: datetime, n: int = SHOWN_FIRE_TIMES) -> list[datetime]:
-    """What the API shows: the next `n` fire times, none while the schedule is disabled."""
-    if not row.enabled:
-        return []
-    return next_fire_times(row.cron, row.timezone, after=now, n=n)
-
-
 # -- create, read, update, delete ----------------------------------------------------------------
 
 
 def create_schedule(
     *,
     session: Session,
+    redis: Redis,
     settings: Settings,
     tasks: TaskRegistry,
     name: str,
@@ -165,7 +81,7 @@ def create_schedule(
     created_by: str | None = None,
     tenant_id: str | None = None,
 ) -> ScheduleRow:
-    """Validate and store a schedule, with its `next_run_at`; raises `InvalidInput`."""
+    """Validate and store a schedule, with its `next_run_at`, and write its entry; raises `InvalidInput`."""
     cron = validate_cron(cron)
     timezone = validate_timezone(timezone)
     task_name, clean_params, clean_priority, clean_retries = _validated_job(
@@ -187,9 +103,10 @@ def create_schedule(
         updated_at=now,
         created_by=created_by,
     )
-    row.next_run_at = _next_run_at(row, now)
+    row.next_run_at = next_run_at(row, now)
     session.add(row)
     session.commit()
+    write_through(redis, row, schedule_id=row.id)
     return row
 
 
@@ -210,12 +127,17 @@ def list_schedules(
 def update_schedule(
     *,
     session: Session,
+    redis: Redis,
     settings: Settings,
     tasks: TaskRegistry,
     schedule_id: str,
     changes: ScheduleChanges,
 ) -> ScheduleRow:
-    """Apply `changes` (all validated before any is applied) and recompute `next_run_at`."""
+    """Apply `changes` (all validated before any is applied) and write the entry through.
+
+    `next_run_at` is recomputed from now when the cron, the time zone or `enabled` changes, and
+    kept otherwise, so renaming a schedule a moment before it is due does not skip that firing.
+    """
     row = get_schedule(session=session, schedule_id=schedule_id)
     cron = row.cron if changes.cron is None else validate_cron(changes.cron)
     timezone = row.timezone if changes.timezone is None else validate_timezone(changes.timezone)
@@ -228,22 +150,67 @@ def update_schedule(
         max_retries=row.max_retries if changes.max_retries is None else changes.max_retries,
     )
     now = utcnow()
-    row.cron, row.timezone = cron, timezone
+    enabled = row.enabled if changes.enabled is None else changes.enabled
+    when_changes = (cron, timezone, enabled) != (row.cron, row.timezone, row.enabled)
+    row.cron, row.timezone, row.enabled = cron, timezone, enabled
     row.params, row.priority, row.max_retries = params, priority, max_retries
     if changes.name is not None:
         row.name = changes.name
-    if changes.enabled is not None:
-        row.enabled = changes.enabled
-    row.next_run_at = _next_run_at(row, now)
+    if when_changes or (row.enabled and row.next_run_at is None):
+        row.next_run_at = next_run_at(row, now)
     row.updated_at = now
     session.commit()
+    write_through(redis, row, schedule_id=row.id)
     return row
 
 
-def delete_schedule(*, session: Session, schedule_id: str) -> None:
+def delete_schedule(*, session: Session, redis: Redis, schedule_id: str) -> None:
+    """Delete a schedule and its entry; the jobs it fired keep their rows (and `schedule_id`)."""
     row = get_schedule(session=session, schedule_id=schedule_id)
     session.delete(row)
     session.commit()
+    write_through(redis, None, schedule_id=schedule_id)
+
+
+# -- firing by hand, and what a schedule fired ----------------------------------------------------
+
+
+def run_now(
+    *, session: Session, redis: Redis, settings: Settings, tasks: TaskRegistry, schedule_id: str
+) -> JobRow:
+    """Fire a schedule now, enabled or not, as a job of its own; its cron times are not changed.
+
+    The job is submitted like any other (row first, then Redis; `BackendUnavailable` if Redis
+    refuses) with `schedule_id` set, and the schedule's `last_run_at` becomes now.
+    """
+    row = get_schedule(session=session, schedule_id=schedule_id)
+    request = JobRequest(
+        task=row.task,
+        params=row.params or {},
+        priority=Priority(row.priority),
+        max_retries=row.max_retries,
+        schedule_id=row.id,
+    )
+    job = jobs.submit(session=session, redis=redis, settings=settings, tasks=tasks, request=request).row
+    session.execute(
+        update(ScheduleRow)
+        .where(
+            ScheduleRow.id == row.id,
+            or_(ScheduleRow.last_run_at.is_(None), ScheduleRow.last_run_at < job.created_at),
+        )
+        .values(last_run_at=job.created_at, updated_at=ScheduleRow.updated_at)
+    )
+    session.commit()
+    return job
+
+
+def list_schedule_jobs(
+    *, session: Session, schedule_id: str, limit: int, cursor: str | None = None
+) -> tuple[list[JobRow], str | None]:
+    """The jobs a schedule has fired, newest first, a page at a time; `NotFound` for no schedule."""
+    get_schedule(session=session, schedule_id=schedule_id)
+    query = select(JobRow).where(JobRow.schedule_id == schedule_id)
+    return pages.page(session, query, JobRow, limit=limit, cursor=cursor)
 
 
 def _validated_job(

@@ -97,6 +97,7 @@ class JobOut(BaseModel):
     timeout_s: int | None = None
     cancelled_at: Timestamp | None = None
     cancelled_by: str | None = None
+    schedule_id: str | None = Field(default=None, description="The schedule that fired this job, if any.")
     position: int | None = Field(default=None, description="1-based place in its queue while it waits.")
     ahead: int | None = Field(
         default=None, description="Jobs that will start before it, higher queues included."
@@ -140,11 +141,25 @@ class TaskOut(BaseModel):
     params_schema: dict[str, Any]
 
 
+class SchedulerHealthOut(BaseModel):
+    """The scheduler daemons (`make scheduler`) that are alive, and what they last did."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    running: int = Field(description="Live scheduler processes (heartbeat within about 11 s).")
+    last_heartbeat_at: Timestamp | None
+    last_sync_at: Timestamp | None = Field(description="Redis last made to match the schedules table.")
+    last_reconcile_at: Timestamp | None
+    last_reconcile: str | None = Field(description="The summary of that reconcile run.")
+    last_prune_at: Timestamp | None
+
+
 class HealthOut(BaseModel):
     status: str = Field(description="`healthy` or `unhealthy`.")
     redis: str
     database: str
     workers: int
+    scheduler: SchedulerHealthOut
     reasons: list[str]
 
 

@@ -1,1 +1,1 @@
-"""The Lanes scheduler daemon (cron schedules through rq-scheduler): arrives with the schedules issue."""
+"""The Lanes scheduler daemon: rq-scheduler's loop firing cron schedules, plus housekeeping."""

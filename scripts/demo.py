@@ -1,10 +1,10 @@
 """`make demo`: the whole platform in one terminal, on its embedded defaults.
 
 Brings up Redis (reusing one that answers at REDIS_URL, else starting `redis-server`), migrates
-the SQLite database, runs the API, submits example jobs across the three priorities, then starts
-two workers (so the strict priority order shows), prints the URLs to look at, and follows the
-jobs as they move. Ctrl-C stops
-everything it started. `--exit-when-done` leaves once every example job has finished.
+the SQLite database, runs the API and the scheduler, submits example jobs across the three
+priorities, then starts two workers (so the strict priority order shows), adds an example schedule
+that fires every minute, prints the URLs to look at, and follows the jobs as they move. Ctrl-C
+stops everything it started. `--exit-when-done` leaves once every example job has finished.
 """
 
 from __future__ import annotations
@@ -30,6 +30,14 @@ from backend.migrate import upgrade
 ROOT = Path(__file__).resolve().parent.parent
 TERMINAL = {"succeeded", "failed", "cancelled"}
 DEMO_RETRY_BASE_S = "3"  # so the flaky example is retried within seconds, not minutes
+
+EXAMPLE_SCHEDULE: dict[str, Any] = {
+    "name": "demo: echo every minute",
+    "task": "demo.echo",
+    "params": {"from": "a schedule"},
+    "cron": "* * * * *",
+    "timezone": "UTC",
+}
 
 EXAMPLES: list[dict[str, Any]] = [
     {"task": "demo.sleep", "params": {"seconds": 4, "steps": 8}, "priority": "low"},
@@ -81,6 +89,19 @@ class Demo:
         self.spawn("api", [sys.executable, "-m", "uvicorn", "backend.main:app", "--port", str(self.port),
                            "--host", "127.0.0.1", "--no-access-log", "--log-level", "warning"])  # fmt: skip
         self.wait_for_api()
+        self.spawn(
+            "scheduler", [sys.executable, "-m", "scheduler", "--name", f"demo-scheduler-{os.getpid()}"]
+        )
+
+    def add_schedule(self) -> str:
+        """The example schedule's id: made on the first demo, found again on later ones."""
+        listed = httpx.get(f"{self.api_url}/api/v1/schedules", params={"limit": 200}, timeout=10).json()
+        for schedule in listed["items"]:
+            if schedule["name"] == EXAMPLE_SCHEDULE["name"]:
+                return str(schedule["id"])
+        response = httpx.post(f"{self.api_url}/api/v1/schedules", json=EXAMPLE_SCHEDULE, timeout=10)
+        response.raise_for_status()
+        return str(response.json()["id"])
 
     def start_workers(self) -> None:
         for n in (1, 2):
@@ -121,7 +142,7 @@ class Demo:
             print(f"  submitted {job['task']:<11} on {job['queue']:<6} -> {job['id']}")
         return ids
 
-    def print_urls(self, first_id: str) -> None:
+    def print_urls(self, first_id: str, schedule_id: str) -> None:
         api = self.api_url
         print(f"""
 Lanes is running.
@@ -131,6 +152,8 @@ Lanes is running.
   counts          {api}/api/v1/jobs/stats
   tasks           {api}/api/v1/tasks
   health          {api}/api/v1/health
+  schedule        {api}/api/v1/schedules/{schedule_id}   (fires demo.echo every minute)
+  its jobs        {api}/api/v1/schedules/{schedule_id}/jobs
 
 Try:
   curl -s -X POST {api}/api/v1/jobs -H 'content-type: application/json' \\
@@ -197,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         ids = demo.submit_examples()
         print("\nStarting two workers: they take high first, then normal, then low.")
         demo.start_workers()
-        demo.print_urls(ids[0])
+        demo.print_urls(ids[0], demo.add_schedule())
         ok = demo.follow(ids, exit_when_done=args.exit_when_done)
     except KeyboardInterrupt:
         ok = True

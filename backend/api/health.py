@@ -1,4 +1,5 @@
-"""/api/v1/health: 200 when Redis, the database and at least one worker answer; 503 otherwise."""
+"""/api/v1/health: 200 when Redis, the database and at least one worker answer, and a scheduler runs
+where schedules are enabled; 503 otherwise, with the reasons."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from fastapi.responses import JSONResponse
 
 from backend.api.deps import RedisDep, SessionDep
 from backend.health import check_health
-from backend.schemas import HealthOut
+from backend.schemas import HealthOut, SchedulerHealthOut
 
 router = APIRouter(prefix="/api/v1", tags=["health"])
 liveness = APIRouter(tags=["health"])
@@ -21,13 +22,14 @@ def healthz() -> dict[str, str]:
 
 @router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
 def health(session: SessionDep, redis: RedisDep) -> JSONResponse:
-    """Report whether Redis, the database and live workers are there, with the reasons if not."""
+    """Report whether Redis, the database, live workers and the scheduler are there, and why not."""
     result = check_health(session=session, redis=redis)
     body = HealthOut(
         status="healthy" if result.healthy else "unhealthy",
         redis=result.redis,
         database=result.database,
         workers=result.workers,
+        scheduler=SchedulerHealthOut.model_validate(result.scheduler),
         reasons=result.reasons,
     )
-    return JSONResponse(body.model_dump(), status_code=200 if result.healthy else 503)
+    return JSONResponse(body.model_dump(mode="json"), status_code=200 if result.healthy else 503)

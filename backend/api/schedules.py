@@ -1,6 +1,7 @@
-"""/api/v1/schedules: create, read, list, change and delete cron schedules.
+"""/api/v1/schedules: create, read, list, change, delete and run cron schedules, and their jobs.
 
-Firing them is the scheduler daemon's work; these routes only keep the `schedules` table.
+Every change is written to SQL and then, at once, to the schedule's rq-scheduler entry in Redis;
+the scheduler daemon (`make scheduler`) fires due schedules and re-syncs Redis from SQL.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from fastapi import APIRouter, Path, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend import schedules
-from backend.api.deps import SessionDep, SettingsDep, TasksDep
+from backend.api.deps import RedisDep, SessionDep, SettingsDep, TasksDep
+from backend.api.jobs import with_estimates
 from backend.db import utcnow
 from backend.enums import Priority
 from backend.errors import NotFound
 from backend.models import ScheduleRow
-from backend.schemas import ErrorOut, Timestamp
+from backend.schemas import ErrorOut, JobOut, JobPage, Timestamp
 
 router = APIRouter(prefix="/api/v1/schedules", tags=["schedules"])
 
@@ -101,11 +103,16 @@ def _check_id(schedule_id: str) -> None:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ScheduleOut, responses=ERRORS)
 def create_schedule(
-    body: ScheduleCreate, response: Response, session: SessionDep, settings: SettingsDep, tasks: TasksDep
+    body: ScheduleCreate,
+    response: Response,
+    session: SessionDep,
+    redis: RedisDep,
+    settings: SettingsDep,
+    tasks: TasksDep,
 ) -> ScheduleOut:
     """Create a schedule: its task and params are validated like a job submit, its cron checked."""
     row = schedules.create_schedule(
-        session=session, settings=settings, tasks=tasks, **body.model_dump(exclude_none=True)
+        session=session, redis=redis, settings=settings, tasks=tasks, **body.model_dump(exclude_none=True)
     )
     response.headers["Location"] = f"{router.prefix}/{row.id}"
     return _out(row)
@@ -134,12 +141,18 @@ def get_schedule(schedule_id: ScheduleId, session: SessionDep) -> ScheduleOut:
 
 @router.patch("/{schedule_id}", response_model=ScheduleOut, responses=ERRORS)
 def update_schedule(
-    schedule_id: ScheduleId, body: ScheduleUpdate, session: SessionDep, settings: SettingsDep, tasks: TasksDep
+    schedule_id: ScheduleId,
+    body: ScheduleUpdate,
+    session: SessionDep,
+    redis: RedisDep,
+    settings: SettingsDep,
+    tasks: TasksDep,
 ) -> ScheduleOut:
     """Change a schedule: enable or disable it, its cron, time zone, params, priority, retries, name."""
     _check_id(schedule_id)
     row = schedules.update_schedule(
         session=session,
+        redis=redis,
         settings=settings,
         tasks=tasks,
         schedule_id=schedule_id,
@@ -149,8 +162,45 @@ def update_schedule(
 
 
 @router.delete("/{schedule_id}", status_code=status.HTTP_204_NO_CONTENT, responses=ERRORS)
-def delete_schedule(schedule_id: ScheduleId, session: SessionDep) -> Response:
-    """Delete a schedule; it fires no more."""
+def delete_schedule(schedule_id: ScheduleId, session: SessionDep, redis: RedisDep) -> Response:
+    """Delete a schedule; it fires no more. The jobs it fired stay."""
     _check_id(schedule_id)
-    schedules.delete_schedule(session=session, schedule_id=schedule_id)
+    schedules.delete_schedule(session=session, redis=redis, schedule_id=schedule_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/{schedule_id}/run", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut, responses=ERRORS
+)
+def run_schedule(
+    schedule_id: ScheduleId,
+    response: Response,
+    session: SessionDep,
+    redis: RedisDep,
+    settings: SettingsDep,
+    tasks: TasksDep,
+) -> JobOut:
+    """Fire a schedule now (enabled or not) as a new job; its cron times stay as they are."""
+    _check_id(schedule_id)
+    job = schedules.run_now(
+        session=session, redis=redis, settings=settings, tasks=tasks, schedule_id=schedule_id
+    )
+    response.headers["Location"] = f"/api/v1/jobs/{job.id}"
+    return JobOut.model_validate(job)
+
+
+@router.get("/{schedule_id}/jobs", response_model=JobPage, responses=ERRORS)
+def list_schedule_jobs(
+    schedule_id: ScheduleId,
+    session: SessionDep,
+    redis: RedisDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> JobPage:
+    """List the jobs a schedule has fired, newest first, one page at a time."""
+    _check_id(schedule_id)
+    rows, next_cursor = schedules.list_schedule_jobs(
+        session=session, schedule_id=schedule_id, limit=min(limit, settings.list_limit_max), cursor=cursor
+    )
+    return JobPage(items=with_estimates(session, redis, rows), next_cursor=next_cursor)

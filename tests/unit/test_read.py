@@ -150,6 +150,14 @@ def test_health_is_200_when_redis_the_database_and_a_worker_answer(
         "redis": "ok",
         "database": "ok",
         "workers": 1,
+        "scheduler": {
+            "running": 0,
+            "last_heartbeat_at": None,
+            "last_sync_at": None,
+            "last_reconcile_at": None,
+            "last_reconcile": None,
+            "last_prune_at": None,
+        },
         "reasons": [],
     }
 

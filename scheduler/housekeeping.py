@@ -1,0 +1,86 @@
+"""Housekeeping on timers, in a thread of the scheduler daemon: the reconciler and the prune.
+
+They run beside the firing loop, never in it, so a long reconcile cannot make a firing late. Each
+takes a Redis lock, so with several schedulers one of them does each run: the reconciler its own
+(`lanes:reconcile:lock`), the prune `lanes:prune:lock`. Both run once at start, then every
+`LANES_RECONCILE_INTERVAL_S` and `LANES_PRUNE_INTERVAL_S`. What they last did goes into the
+scheduler's heartbeat hash, where `GET /api/v1/health` and `redis-cli` see it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, MutableMapping
+
+from redis import Redis
+from sqlalchemy.orm import Session, sessionmaker
+
+from backend.config import Settings
+from backend.prune import prune
+from backend.reconcile import reconcile
+
+log = logging.getLogger(__name__)
+
+PRUNE_LOCK_KEY = "lanes:prune:lock"
+PRUNE_LOCK_TTL_S = 600
+
+
+class Housekeeping(threading.Thread):
+    """Runs reconcile and prune on their intervals until `stopping` is set."""
+
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        sessions: sessionmaker[Session],
+        settings: Settings,
+        stopping: threading.Event,
+        status: MutableMapping[str, str],
+    ) -> None:
+        super().__init__(name="lanes-housekeeping", daemon=True)
+        self.redis = redis
+        self.sessions = sessions
+        self.settings = settings
+        self.stopping = stopping
+        self.status = status
+
+    def run(self) -> None:
+        chores: list[tuple[Callable[[], str], float, str]] = [
+            (self.reconcile, self.settings.reconcile_interval_s, "reconcile"),
+            (self.prune, self.settings.prune_interval_s, "prune"),
+        ]
+        due = {name: time.monotonic() for _, _, name in chores}
+        while not self.stopping.is_set():
+            for chore, interval_s, name in chores:
+                if time.monotonic() >= due[name] and not self.stopping.is_set():
+                    due[name] = time.monotonic() + interval_s
+                    self._run(name, chore)
+            self.stopping.wait(max(0.0, min(due.values()) - time.monotonic()))
+
+    def _run(self, name: str, chore: Callable[[], str]) -> None:
+        try:
+            outcome = chore()
+        except Exception as exc:  # a failed run is retried at its next interval
+            log.exception("%s failed", name)
+            outcome = f"error: {type(exc).__name__}: {exc}"
+        self.status[f"last_{name}_at"] = str(time.time())
+        self.status[f"last_{name}"] = outcome
+
+    def reconcile(self) -> str:
+        report = reconcile(sessions=self.sessions, redis=self.redis, settings=self.settings)
+        if report.repaired or report.errors:
+            log.info("reconcile: %s", report.summary())
+        return report.summary()
+
+    def prune(self) -> str:
+        lock = self.redis.lock(PRUNE_LOCK_KEY, timeout=PRUNE_LOCK_TTL_S, blocking=False)
+        if not lock.acquire():
+            return "another scheduler is pruning"
+        try:
+            with self.sessions() as session:
+                deleted = prune(session=session, older_than_days=self.settings.retention_days)
+        finally:
+            lock.release()
+        return f"deleted {deleted} finished rows older than {self.settings.retention_days} days"
