@@ -4,16 +4,16 @@
 #   api                 the HTTP API (python -m backend.serve) on $LANES_API_HOST:$LANES_API_PORT (0.0.0.0:8000)
 #   worker [args ...]   a worker; args go to `python -m worker` (queues, --name, --burst, --max-jobs)
 #   migrate [args ...]  bring DATABASE_URL to the newest schema, then exit
-#   scheduler           not available yet (arrives with cron schedules); exits 1
+#   scheduler [args ...] the scheduler daemon; args go to `python -m scheduler` (--name, --burst)
 #
 # Settings come from the environment (REDIS_URL, DATABASE_URL, LANES_*), read by backend.config.
 # `exec` hands PID and signals to the process, so SIGTERM reaches the worker and it finishes its
-# current job before it exits (a warm shutdown).
+# current job before it exits (a warm shutdown), and the scheduler ends after its current pass.
 set -eu
 
 usage() {
     cat <<'USAGE'
-usage: lanes-entrypoint api | worker [queue ...] [--name NAME] [--burst] | migrate [revision] | scheduler
+usage: lanes-entrypoint api | worker [queue ...] [--name NAME] [--burst] | migrate [revision] | scheduler [--name NAME]
 USAGE
 }
 
@@ -32,8 +32,7 @@ case "$command" in
         exec python -m backend.migrate "$@"
         ;;
     scheduler)
-        echo "lanes: the scheduler is not available yet; it arrives with cron schedules" >&2
-        exit 1
+        exec python -m scheduler "$@"
         ;;
     -h | --help | help)
         usage

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Container health checks: `lanes-healthcheck api` or `lanes-healthcheck worker`; exit 0 when healthy.
+"""Container health checks: `lanes-healthcheck api | worker | scheduler`; exit 0 when healthy.
 
 - api: the app in this container answers HTTP. It asks `/healthz` (liveness), which needs neither
   Redis nor the database: `/api/v1/health` also fails when no worker runs, and restarting the API
@@ -7,6 +7,9 @@
 - worker: a worker started in this container (same hostname) is registered in Redis and its
   heartbeat key has not expired. Worker names stay RQ's random ids, so a restarted container never
   meets its own stale registration.
+- scheduler: a scheduler started in this container (same hostname) has a live registration in
+  Redis (rq-scheduler's `rq:scheduler_instance:<name>`, which expires about 11 s after its last
+  heartbeat) and has not registered its death.
 """
 
 from __future__ import annotations
@@ -38,7 +41,24 @@ def worker_registered() -> bool:
         redis.close()
 
 
-CHECKS = {"api": api_answers, "worker": worker_registered}
+def scheduler_alive() -> bool:
+    from backend.config import get_settings
+    from backend.health import SCHEDULER_KEYS
+    from backend.queues import make_redis
+
+    redis = make_redis(get_settings().redis_url, socket_timeout_s=TIMEOUT_S)
+    try:
+        hostname = socket.gethostname().encode()
+        for key in redis.scan_iter(match=SCHEDULER_KEYS, count=500):
+            fields = redis.hgetall(key)
+            if fields.get(b"hostname") == hostname and b"death" not in fields:
+                return True
+        return False
+    finally:
+        redis.close()
+
+
+CHECKS = {"api": api_answers, "worker": worker_registered, "scheduler": scheduler_alive}
 
 
 def main(argv: list[str]) -> int:

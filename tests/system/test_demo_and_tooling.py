@@ -37,6 +37,8 @@ def test_the_demo_runs_the_platform_and_every_example_job_ends_as_expected(
     assert demo.returncode == 0, demo.stdout + demo.stderr
     out = demo.stdout
     assert "Lanes is running." in out and "/api/v1/jobs" in out and "/docs" in out
+    assert re.search(r"schedule +http://\S+/api/v1/schedules/[0-9a-f]{32} ", out), out
+    assert "• scheduler: pid" in out
     assert "demo.flaky  normal succeeded 100% attempt 2" in out
     assert "demo.fail   low    failed" in out
     assert "stopped everything the demo started" in out
@@ -133,7 +135,7 @@ def test_ctrl_c_stops_the_demo_and_everything_it_started_without_cutting_a_job_o
     assert demo.returncode == 0, out
     assert "started redis-server" in out and "stopped everything the demo started" in out
     pids = [int(match) for match in re.findall(r": pid (\d+),", out)]
-    assert len(pids) == 3  # the API and two workers
+    assert len(pids) == 4  # the API, the scheduler and two workers
     for pid in pids:
         wait_for(lambda pid=pid: not _alive(pid), timeout_s=10, message=f"pid {pid} to be gone")
     assert not answers(f"redis://127.0.0.1:{redis_port}/0")
