@@ -102,10 +102,11 @@ def fire_due(
             .values(last_run_at=now, next_run_at=following, updated_at=ScheduleRow.updated_at)
             .execution_options(synchronize_session=False)
         )
-        moves[sid] = following
         if moved.rowcount != 1:  # type: ignore[attr-defined]
+            # Another scheduler fired it, or the API changed it: whoever moved the row moved the entry.
             report.taken.append(sid)
             continue
+        moves[sid] = following
         job = _firing(settings, tasks, row, due=due, now=now)
         try:
             with session.begin_nested():

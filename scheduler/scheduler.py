@@ -146,8 +146,12 @@ class LanesScheduler(Scheduler):
 
     def run(self, burst: bool = False) -> None:
         """Pass after pass until stopped (or, with `burst`, one pass that held the lock)."""
-        self.register_birth()
         self._install_signal_handlers()
+        backoff = BACKOFF_FIRST_S
+        while not self._registered():
+            if burst or self.stopping.wait(backoff):
+                raise SystemExit(f"scheduler {self.name}: Redis does not answer at start")
+            backoff = min(BACKOFF_CAP_S, backoff * 2)
         backoff = BACKOFF_FIRST_S
         try:
             while not self.stopping.is_set():
@@ -156,10 +160,18 @@ class LanesScheduler(Scheduler):
                     self.heartbeat()
                     report = self.run_pass()
                     backoff = BACKOFF_FIRST_S
-                except (RedisError, SQLAlchemyError, OSError) as exc:
-                    log.warning(
-                        "scheduler pass failed (%s: %s); again in %.1f s", type(exc).__name__, exc, backoff
-                    )
+                except Exception as exc:  # a bad pass must not end the daemon: log, back off, go on
+                    if isinstance(exc, RedisError | SQLAlchemyError | OSError):
+                        log.warning(
+                            "scheduler pass failed (%s: %s); again in %.1f s",
+                            type(exc).__name__,
+                            exc,
+                            backoff,
+                        )
+                    else:
+                        log.exception("scheduler pass failed; again in %.1f s", backoff)
+                    if burst:
+                        raise
                     self.stopping.wait(backoff)
                     backoff = min(BACKOFF_CAP_S, backoff * 2)
                     continue
@@ -168,6 +180,14 @@ class LanesScheduler(Scheduler):
                 self.stopping.wait(self._pause(time.monotonic() - started))
         finally:
             self._release()
+
+    def _registered(self) -> bool:
+        try:
+            self.register_birth()
+            return True
+        except RedisError as exc:
+            log.warning("scheduler %s: Redis does not answer (%s); trying again", self.name, exc)
+            return False
 
     def _pause(self, elapsed_s: float) -> float:
         """Until the next pass: the rest of the interval, or less if an entry is due sooner."""

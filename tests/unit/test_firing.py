@@ -390,3 +390,21 @@ def test_fire_times_follow_the_schedules_zone_across_a_daylight_saving_change(
             "0 9 * * *", "America/New_York", after=datetime(2026, 11, 1, 14, 0, 30, tzinfo=UTC), n=1
         )[0]
     )
+
+
+def test_a_firing_whose_job_exists_already_is_not_made_again_and_the_schedule_still_moves_on(
+    sessions: sessionmaker[Session], redis: Redis, settings: Settings
+) -> None:
+    schedule = a_schedule(sessions, redis, settings)
+    make_due(sessions, redis, schedule.id)
+    fire(sessions, redis, settings, schedule.id, now=DUE)
+    make_due(sessions, redis, schedule.id)  # as if the clock had gone back over a fired due time
+    other = a_schedule(sessions, redis, settings, name="other")
+    make_due(sessions, redis, other.id)
+
+    report = fire(sessions, redis, settings, schedule.id, other.id, now=DUE + timedelta(seconds=1))
+
+    assert report.taken == [schedule.id] and report.fired == [firing_job_id(other.id, DUE)]
+    assert len(fired_rows(sessions, schedule.id)) == 1 and len(fired_rows(sessions, other.id)) == 1
+    after = schedule_row(sessions, schedule.id)
+    assert after is not None and after.next_run_at == DUE + timedelta(minutes=1)
