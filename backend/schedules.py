@@ -21,20 +21,7 @@ from sqlalchemy.orm import Session
 
 from backend import jobs, pages
 from backend.config import Settings
-from backend.cron import (
-    MAX_CRON_CHARS as MAX_CRON_CHARS,
-)
-from backend.cron import (
-    coming_fire_times as coming_fire_times,
-)
-from backend.cron import (
-    next_fire_times as next_fire_times,
-)
-from backend.cron import (
-    next_run_at,
-    validate_cron,
-    validate_timezone,
-)
+from backend.cron import next_run_at, validate_cron, validate_timezone
 from backend.db import utcnow
 from backend.enums import Priority
 from backend.errors import NotFound

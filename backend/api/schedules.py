@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend import schedules
+from backend import cron, schedules
 from backend.api.deps import RedisDep, SessionDep, SettingsDep, TasksDep
 from backend.api.jobs import with_estimates
 from backend.db import utcnow
@@ -27,7 +27,7 @@ SCHEDULE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (400, 404, 413, 422, 503)}
 ScheduleId = Annotated[str, Path(max_length=200)]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
-Cron = Annotated[str, Field(min_length=1, max_length=schedules.MAX_CRON_CHARS, examples=["*/15 * * * *"])]
+Cron = Annotated[str, Field(min_length=1, max_length=cron.MAX_CRON_CHARS, examples=["*/15 * * * *"])]
 TimeZone = Annotated[str, Field(min_length=1, max_length=64, examples=["Europe/Paris"])]
 
 
@@ -92,7 +92,7 @@ class SchedulePage(BaseModel):
 
 
 def _out(row: ScheduleRow) -> ScheduleOut:
-    fire_times = schedules.coming_fire_times(row, now=utcnow())
+    fire_times = cron.coming_fire_times(row, now=utcnow())
     return ScheduleOut.model_validate(row).model_copy(update={"next_fire_times": fire_times})
 
 

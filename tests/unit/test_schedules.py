@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.schedules import next_fire_times, validate_cron
+from backend.cron import next_fire_times, validate_cron
 
 SCHEDULES = "/api/v1/schedules"
 
