@@ -5,10 +5,11 @@ SQL row decides: a schedule fires when it is enabled and its `next_run_at` (the 
 Exactly once, however many schedulers run and however slow a pass is, because of two guards in
 one transaction:
 
-1. `next_run_at` moves on with a compare-and-set (`UPDATE … WHERE next_run_at = :due`): of two
-   schedulers that both saw the same due time, one updates the row and the other matches nothing;
+1. `next_run_at` moves on with a compare-and-set (`UPDATE … WHERE next_run_at = :due RETURNING
+   id`): of two schedulers that both saw the same due time, one updates the row and the other
+   matches nothing;
 2. the job's id is derived from the schedule and its due time (`firing_job_id`), so a second
-   insert of the same firing is refused by the primary key.
+   insert of the same firing is refused by the primary key (`INSERT … ON CONFLICT DO NOTHING`).
 
 A schedule that was due several times while every scheduler was down fires **once** on return,
 for the earliest missed time, and its next due time is the first one after now.
@@ -23,14 +24,16 @@ failure shows in the schedule's jobs, and moves on to its next time.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from backend.config import Settings
@@ -47,6 +50,8 @@ log = logging.getLogger(__name__)
 
 #: Schedules read from SQL per query.
 READ_BATCH = 500
+#: Due schedules fired per SQL and Redis transaction.
+FIRE_CHUNK = 200
 
 
 def firing_job_id(schedule_id: str, due: datetime) -> str:
@@ -80,58 +85,117 @@ def fire_due(
     tasks: TaskRegistry,
     schedule_ids: Sequence[str],
     now: datetime,
+    between_chunks: Callable[[], None] | None = None,
 ) -> FireReport:
-    """Fire each of `schedule_ids` that is enabled and due at `now`; move every entry on."""
+    """Fire each of `schedule_ids` that is enabled and due at `now`; move every entry on.
+
+    The due ones are fired `FIRE_CHUNK` at a time, each chunk in one SQL transaction and one Redis
+    transaction, so the first jobs reach their queues while later ones are still being written;
+    `between_chunks` runs after each (the daemon keeps its lock and heartbeat alive there).
+    """
     report = FireReport()
     rows = _schedules(session, schedule_ids)
     report.gone = [sid for sid in schedule_ids if sid not in rows or not rows[sid].enabled]
-    moves: dict[str, datetime] = {}
-    jobs: list[JobRow] = []
+    early: dict[str, datetime] = {}
+    due_rows: list[ScheduleRow] = []
     for sid, row in rows.items():
         if not row.enabled:
             continue
-        due = row.next_run_at
-        if due is None or due > now:
-            moves[sid] = due or _set_first_run(session, row, now)
-            report.early.append(sid)
+        if row.next_run_at is None or row.next_run_at > now:
+            early[sid] = row.next_run_at or _set_first_run(session, row, now)
             continue
-        following = next_fire_times(row.cron, row.timezone, after=max(now, due), n=1)[0]
-        moved = session.execute(
-            update(ScheduleRow)
-            .where(ScheduleRow.id == sid, ScheduleRow.enabled.is_(True), ScheduleRow.next_run_at == due)
-            .values(last_run_at=now, next_run_at=following, updated_at=ScheduleRow.updated_at)
-            .execution_options(synchronize_session=False)
+        due_rows.append(row)
+    session.commit()
+    report.early = list(early)
+    reschedule(redis, early)
+    remove_entries(redis, report.gone)
+    following: dict[tuple[str, str, datetime], datetime] = {}
+    for start in range(0, len(due_rows), FIRE_CHUNK):
+        _fire_chunk(
+            session, redis, settings, tasks, due_rows[start : start + FIRE_CHUNK], now, report, following
         )
-        if moved.rowcount != 1:  # type: ignore[attr-defined]
-            # Another scheduler fired it, or the API changed it: whoever moved the row moved the entry.
-            report.taken.append(sid)
-            continue
-        moves[sid] = following
-        job = _firing(settings, tasks, row, due=due, now=now)
-        try:
-            with session.begin_nested():
-                session.add(job)
-        except IntegrityError:
-            report.taken.append(sid)  # this firing exists already; the due time still moves on
-            continue
-        if job.status == JobStatus.FAILED.value:
+        if between_chunks is not None:
+            between_chunks()
+    return report
+
+
+def _fire_chunk(
+    session: Session,
+    redis: Redis,
+    settings: Settings,
+    tasks: TaskRegistry,
+    chunk: Sequence[ScheduleRow],
+    now: datetime,
+    report: FireReport,
+    following: dict[tuple[str, str, datetime], datetime],
+) -> None:
+    """Move the chunk's due times on (compare-and-set), insert their firings, commit, enqueue."""
+    groups: dict[tuple[datetime, datetime], list[ScheduleRow]] = defaultdict(list)
+    for row in chunk:
+        assert row.next_run_at is not None
+        key = (row.cron, row.timezone, max(now, row.next_run_at))
+        if key not in following:
+            following[key] = next_fire_times(row.cron, row.timezone, after=key[2], n=1)[0]
+        groups[(row.next_run_at, following[key])].append(row)
+    moves: dict[str, datetime] = {}
+    won: list[ScheduleRow] = []
+    for (due, after), group in groups.items():
+        # One UPDATE per (due, next) pair: rows of the same cron and due time move together.
+        moved = set(
+            session.scalars(
+                update(ScheduleRow)
+                .where(
+                    ScheduleRow.id.in_([row.id for row in group]),
+                    ScheduleRow.enabled.is_(True),
+                    ScheduleRow.next_run_at == due,
+                )
+                .values(last_run_at=now, next_run_at=after, updated_at=ScheduleRow.updated_at)
+                .returning(ScheduleRow.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+        for row in group:
+            if row.id in moved:
+                won.append(row)
+                moves[row.id] = after
+            else:
+                # Another scheduler fired it, or the API changed it: whoever moved the row moved the entry.
+                report.taken.append(row.id)
+    jobs = [_firing(settings, tasks, row, due=row.next_run_at, now=now) for row in won if row.next_run_at]
+    inserted = _insert_new(session, jobs)
+    session.commit()
+    queued: list[JobRow] = []
+    for job in jobs:
+        if job.id not in inserted:
+            report.taken.append(job.schedule_id or "")  # this firing exists already; the time still moves on
+        elif job.status == JobStatus.FAILED.value:
             report.refused.append(job.id)
         else:
-            jobs.append(job)
-    session.commit()
-    if jobs:
+            queued.append(job)
+    if queued:
         try:
-            enqueue_rows(redis=redis, settings=settings, rows=jobs, succeeded=None)
-            report.fired = [job.id for job in jobs]
+            enqueue_rows(redis=redis, settings=settings, rows=queued, succeeded=None)
         except RedisError as exc:
-            report.not_enqueued = [job.id for job in jobs]
-            log.warning("%d firing(s) not enqueued (%s); the reconciler enqueues them", len(jobs), exc)
+            report.not_enqueued.extend(job.id for job in queued)
+            log.warning("%d firing(s) not enqueued (%s); the reconciler enqueues them", len(queued), exc)
             raise
+        report.fired.extend(job.id for job in queued)
     reschedule(redis, moves)
-    remove_entries(redis, report.gone)
-    for job in jobs:
+    for job in queued:
         log.info("schedule %s fired job %s (%s) on %s", job.schedule_id, job.id, job.task, job.queue)
-    return report
+
+
+def _insert_new(session: Session, jobs: Sequence[JobRow]) -> set[str]:
+    """Insert the firings' rows in one statement; the ids inserted (an existing id is refused)."""
+    if not jobs:
+        return set()
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    columns = [column.key for column in JobRow.__table__.columns]
+    values = [{name: getattr(job, name) for name in columns} for job in jobs]
+    statement = (
+        insert(JobRow).values(values).on_conflict_do_nothing(index_elements=["id"]).returning(JobRow.id)
+    )
+    return set(session.scalars(statement))
 
 
 def _schedules(session: Session, schedule_ids: Sequence[str]) -> dict[str, ScheduleRow]:

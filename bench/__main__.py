@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from bench import drain, submit
+from bench import drain, scheduler, submit
 from bench.env import BenchEnv, BenchError
 from bench.report import LATEST_JSON, Comparison, environment, environment_line, table, write_json
 
-BENCHMARKS = ("submit", "drain")
+BENCHMARKS = ("submit", "drain", "scheduler")
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,17 @@ class Sizes:
     concurrency: int
     warmup_jobs: int
     drain_jobs: int
+    schedules: int
 
 
-FULL = Sizes(rounds=3, http_jobs=1000, inprocess_jobs=1000, concurrency=8, warmup_jobs=100, drain_jobs=300)
-QUICK = Sizes(rounds=1, http_jobs=200, inprocess_jobs=200, concurrency=8, warmup_jobs=20, drain_jobs=60)
+FULL = Sizes(
+    rounds=3, http_jobs=1000, inprocess_jobs=1000, concurrency=8, warmup_jobs=100, drain_jobs=300,
+    schedules=1000,
+)  # fmt: skip
+QUICK = Sizes(
+    rounds=1, http_jobs=200, inprocess_jobs=200, concurrency=8, warmup_jobs=20, drain_jobs=60,
+    schedules=100,
+)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,12 +51,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--drain-jobs", type=int, help="jobs each worker drains per round")
     parser.add_argument("--submit-jobs", type=int, help="jobs submitted per round")
     parser.add_argument("--concurrency", type=int, help="HTTP requests in flight in the submit benchmark")
+    parser.add_argument("--schedules", type=int, help="schedules due the same second (scheduler benchmark)")
     parser.add_argument(
         "--json", type=Path, default=LATEST_JSON, help=f"where to write (default {LATEST_JSON})"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp directory (logs, database)")
     args = parser.parse_args(argv)
-    for name in ("rounds", "drain_jobs", "submit_jobs", "concurrency"):
+    for name in ("rounds", "drain_jobs", "submit_jobs", "concurrency", "schedules"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -65,6 +73,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         concurrency=args.concurrency or base.concurrency,
         warmup_jobs=base.warmup_jobs,
         drain_jobs=args.drain_jobs or base.drain_jobs,
+        schedules=args.schedules or base.schedules,
     )
 
 
@@ -87,6 +96,11 @@ def run(sizes: Sizes, only: list[str], *, keep: bool) -> list[Comparison]:
         if "drain" in only:
             say(f"drain: {sizes.rounds} round(s) of {sizes.drain_jobs} jobs per worker")
             rows += drain.run(env, drain.DrainOptions(rounds=sizes.rounds, jobs=sizes.drain_jobs))
+        if "scheduler" in only:
+            say(f"scheduler: {sizes.rounds} round(s) of 1 and of {sizes.schedules} due the same second")
+            rows += scheduler.run(
+                env, scheduler.SchedulerOptions(rounds=sizes.rounds, schedules=sizes.schedules)
+            )
     return rows
 
 
@@ -122,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     print()
     print(f"environment: {environment_line(env_info)}")
-    print(f"ratio = lanes / bare rq (higher is better; 1.00x is parity); median of {sizes.rounds} round(s)")
+    print(
+        "ratio = lanes / bare rq; 1.00x is parity. Rates (jobs/s): higher is better, 0.50x is half "
+        "as many. Lags (ms): lower is better, 0.50x is half the delay, 2.00x twice it. "
+        f"Median of {sizes.rounds} round(s)."
+    )
     options = {**sizes.__dict__, "benchmarks": only, "quick": args.quick, "elapsed_s": round(elapsed_s, 1)}
     path = write_json(rows, env=env_info, options=options, path=args.json)
     print(f"written to {path} in {elapsed_s:.0f} s")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 LATEST_JSON = RESULTS_DIR / "latest.json"
@@ -19,13 +19,17 @@ LATEST_JSON = RESULTS_DIR / "latest.json"
 
 @dataclass
 class Comparison:
-    """One benchmark row: Lanes' figure and bare RQ's, per round, in `unit` (higher is better)."""
+    """One benchmark row: Lanes' figure and bare RQ's, per round, in `unit`.
+
+    `better` says which way is good: "higher" for rates (jobs/s), "lower" for delays (ms).
+    """
 
     name: str
     unit: str
     lanes: list[float] = field(default_factory=list)
     bare: list[float] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
+    better: Literal["higher", "lower"] = "higher"
 
     @property
     def label(self) -> str:
@@ -41,13 +45,14 @@ class Comparison:
 
     @property
     def ratio(self) -> float:
-        """Lanes / bare RQ: 1.0 is parity, 0.5 means Lanes does half as many per second."""
+        """Lanes / bare RQ, 1.0 is parity: 0.5 is half as many per second, or half the delay."""
         return self.lanes_median / self.bare_median if self.bare_median else float("nan")
 
     def as_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "unit": self.unit,
+            "better": self.better,
             "lanes_median": round(self.lanes_median, 2),
             "bare_median": round(self.bare_median, 2),
             "ratio": round(self.ratio, 3),
@@ -80,10 +85,11 @@ def environment_line(env: dict[str, Any]) -> str:
 
 def table(rows: list[Comparison]) -> str:
     width = max([len("benchmark"), *(len(row.label) for row in rows)]) + 2
-    lines = [f"{'benchmark':<{width}}{'lanes':>12}{'bare rq':>14}{'ratio':>10}"]
+    lines = [f"{'benchmark':<{width}}{'lanes':>12}{'bare rq':>14}{'ratio':>10}  better"]
     for row in rows:
         lines.append(
             f"{row.label:<{width}}{row.lanes_median:>12.1f}{row.bare_median:>14.1f}{row.ratio:>9.2f}x"
+            f"  {row.better}"
         )
     return "\n".join(lines)
 

@@ -7,8 +7,9 @@ and changes what a due entry does: an entry `schedule-<id>` fires its schedule t
 row with `schedule_id`), and the entry moves on to the schedule's next time in its own time zone.
 Entries Lanes did not write go through rq-scheduler's own `enqueue_job`, as before.
 
-Every `LANES_SCHEDULER_SYNC_S`, inside a pass (so under the lock), the entries are made to match
-the schedules table (`backend.schedule_entries.sync_entries`).
+Every `LANES_SCHEDULER_SYNC_S`, inside a pass (so under the lock) and after its firings, the
+entries are made to match the schedules table (`backend.schedule_entries.sync_entries`). A pass
+with many firings works in chunks and renews the lock and its heartbeat after each one.
 
 A pass sleeps until the next interval, or until the earliest entry is due if that comes sooner,
 so a firing reaches its queue within a few milliseconds of its due second. The first SIGTERM or
@@ -102,9 +103,11 @@ class LanesScheduler(Scheduler):
             return PassReport(locked=False)
         try:
             report = PassReport(locked=True)
+            # Fire first: a sync of many schedules must not make a due firing late. An entry the
+            # sync restores fires in the next pass, an interval later at most.
+            report.fired, report.others = self.enqueue_jobs()
             if time.monotonic() - self.last_sync >= self.settings.scheduler_sync_s:
                 report.synced = self.sync()
-            report.fired, report.others = self.enqueue_jobs()
             return report
         finally:
             self.remove_lock()
@@ -132,6 +135,7 @@ class LanesScheduler(Scheduler):
                     tasks=self.tasks,
                     schedule_ids=ours,
                     now=now,
+                    between_chunks=self._keep_alive,
                 )
         for member in others:
             try:
@@ -201,6 +205,11 @@ class LanesScheduler(Scheduler):
             if 0 < until_due < pause:
                 pause = until_due
         return pause
+
+    def _keep_alive(self) -> None:
+        """During a long pass: keep the lock and the registration from expiring under it."""
+        self.connection.expire(self.scheduler_lock_key, int(self._interval) + 10)
+        self.heartbeat()
 
     def heartbeat(self) -> None:
         """rq-scheduler's heartbeat (the key's expiry) plus what `GET /api/v1/health` shows."""

@@ -1,4 +1,4 @@
-"""Shared fixtures: real Redis servers, SQLite and PostgreSQL databases, the API, real workers.
+"""Shared fixtures: real Redis servers, SQLite and PostgreSQL databases, the API, real workers and schedulers.
 
 Every test that touches SQL takes `database_url`, which runs it on SQLite and on PostgreSQL.
 PostgreSQL is at LANES_TEST_POSTGRES_URL (default: the local server's `test` database); where it
@@ -27,7 +27,7 @@ from backend.db import make_engine, make_sessionmaker
 from backend.devredis import RedisServer
 from backend.main import create_app
 from backend.migrate import upgrade
-from tests.helpers import WorkerFactory
+from tests.helpers import SchedulerFactory, WorkerFactory
 
 POSTGRES_URL = os.environ.get("LANES_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -164,5 +164,19 @@ def live_api(make_settings: Any, redis_url: str) -> Iterator[TestClient]:
 def workers(redis_url: str, database_url: str, tmp_path: Path) -> Iterator[WorkerFactory]:
     """Starts real worker processes; all are stopped when the test ends."""
     factory = WorkerFactory(redis_url=redis_url, database_url=database_url, log_dir=tmp_path)
+    yield factory
+    factory.stop_all()
+
+
+#: Scheduler settings for tests: a pass every 0.2 s and a sync every 0.5 s instead of 1 s and 5 s.
+FAST_SCHEDULER = {"scheduler_interval_s": 0.2, "scheduler_sync_s": 0.5}
+
+
+@pytest.fixture
+def schedulers(redis_url: str, database_url: str, tmp_path: Path) -> Iterator[SchedulerFactory]:
+    """Starts real scheduler daemons (fast passes and syncs); all are stopped when the test ends."""
+    factory = SchedulerFactory(
+        redis_url=redis_url, database_url=database_url, log_dir=tmp_path, settings=dict(FAST_SCHEDULER)
+    )
     yield factory
     factory.stop_all()

@@ -1,4 +1,4 @@
-"""Test helpers: waiting on conditions with deadlines, and real worker processes."""
+"""Test helpers: waiting on conditions with deadlines, and real worker and scheduler processes."""
 
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ def lanes_env(*, redis_url: str, database_url: str, **settings: Any) -> dict[str
 
 
 @dataclass
-class WorkerProcess:
-    """A real `python -m worker` process; its output goes to `log_path`."""
+class LanesProcess:
+    """A real Lanes process (`python -m worker`, `python -m scheduler`); its output goes to `log_path`."""
 
     process: subprocess.Popen[bytes]
     log_path: Path
@@ -73,6 +73,14 @@ class WorkerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class WorkerProcess(LanesProcess):
+    """A real `python -m worker` process."""
+
+
+class SchedulerProcess(LanesProcess):
+    """A real `python -m scheduler` process."""
 
 
 @dataclass
@@ -124,3 +132,65 @@ class WorkerFactory:
     def stop_all(self) -> None:
         for worker in self.started:
             worker.stop()
+
+
+@dataclass
+class SchedulerFactory:
+    """Starts scheduler daemons against one Redis and one database; stops them all at teardown."""
+
+    redis_url: str
+    database_url: str
+    log_dir: Path
+    settings: dict[str, Any] = field(default_factory=dict)
+    started: list[SchedulerProcess] = field(default_factory=list)
+
+    def start(
+        self,
+        *,
+        name: str | None = None,
+        housekeeping: bool = True,
+        wait_ready: bool = True,
+        env: dict[str, str] | None = None,
+        **settings: Any,
+    ) -> SchedulerProcess:
+        """`python -m scheduler` with `settings` as LANES_ variables and `env` on top of them."""
+        name = name or f"s{len(self.started) + 1}-{os.getpid()}"
+        log_path = self.log_dir / f"{name}.log"
+        environment = lanes_env(
+            redis_url=self.redis_url, database_url=self.database_url, **{**self.settings, **settings}
+        )
+        environment.update(env or {})
+        args = [sys.executable, "-m", "scheduler", "--name", name]
+        if not housekeeping:
+            args.append("--no-housekeeping")
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(args, env=environment, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        scheduler = SchedulerProcess(process=process, log_path=log_path, name=name)
+        self.started.append(scheduler)
+        if wait_ready:
+            self.wait_ready(scheduler)
+        return scheduler
+
+    def wait_ready(self, scheduler: SchedulerProcess, timeout_s: float = 20.0) -> None:
+        from redis import Redis
+        from rq_scheduler import Scheduler
+
+        client = Redis.from_url(self.redis_url)
+        key = f"{Scheduler.redis_scheduler_namespace_prefix}{scheduler.name}"
+        try:
+            # The first heartbeat comes after the signal handlers are installed: from then on a
+            # SIGTERM asks the scheduler to stop instead of killing it outright.
+            wait_for(
+                lambda: scheduler.process.poll() is not None or client.hexists(key, "heartbeat"),
+                timeout_s=timeout_s,
+                message=f"scheduler {scheduler.name} to be ready",
+            )
+        finally:
+            client.close()
+        assert scheduler.process.poll() is None, f"scheduler {scheduler.name} exited:\n{scheduler.log()}"
+
+    def stop_all(self) -> None:
+        for scheduler in self.started:
+            scheduler.signal()
+        for scheduler in self.started:
+            scheduler.stop()

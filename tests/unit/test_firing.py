@@ -17,7 +17,7 @@ from rq_scheduler.utils import to_unix
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from backend import schedule_entries, schedules
+from backend import firing, schedule_entries, schedules
 from backend.config import Settings
 from backend.cron import next_fire_times
 from backend.db import make_engine, make_sessionmaker, utcnow
@@ -71,10 +71,23 @@ def make_due(sessions: sessionmaker[Session], redis: Redis, schedule_id: str, du
     schedule_entries.reschedule(redis, {schedule_id: due})
 
 
-def fire(sessions: sessionmaker[Session], redis: Redis, settings: Settings, *ids: str, now: datetime) -> Any:
+def fire(
+    sessions: sessionmaker[Session],
+    redis: Redis,
+    settings: Settings,
+    *ids: str,
+    now: datetime,
+    **options: Any,
+) -> Any:
     with sessions() as session:
         return fire_due(
-            session=session, redis=redis, settings=settings, tasks=registry, schedule_ids=ids, now=now
+            session=session,
+            redis=redis,
+            settings=settings,
+            tasks=registry,
+            schedule_ids=ids,
+            now=now,
+            **options,
         )
 
 
@@ -408,3 +421,25 @@ def test_a_firing_whose_job_exists_already_is_not_made_again_and_the_schedule_st
     assert len(fired_rows(sessions, schedule.id)) == 1 and len(fired_rows(sessions, other.id)) == 1
     after = schedule_row(sessions, schedule.id)
     assert after is not None and after.next_run_at == DUE + timedelta(minutes=1)
+
+
+def test_many_due_schedules_fire_in_chunks_each_committed_and_enqueued_before_the_next(
+    sessions: sessionmaker[Session], redis: Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(firing, "FIRE_CHUNK", 2)
+    ids = [a_schedule(sessions, redis, settings, name=f"s{n}").id for n in range(5)]
+    for schedule_id in ids:
+        make_due(sessions, redis, schedule_id)
+    seen: list[int] = []
+
+    report = fire(
+        sessions,
+        redis,
+        settings,
+        *ids,
+        now=DUE,
+        between_chunks=lambda: seen.append(redis.llen("rq:queue:normal")),
+    )
+
+    assert seen == [2, 4, 5]
+    assert sorted(report.fired) == sorted(firing_job_id(schedule_id, DUE) for schedule_id in ids)
