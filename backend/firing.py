@@ -198,6 +198,17 @@ def _insert_new(session: Session, jobs: Sequence[JobRow]) -> set[str]:
     return set(session.scalars(statement))
 
 
+def job_request(row: ScheduleRow) -> JobRequest:
+    """What one firing of `row` submits: its task, params, priority and retries, with `schedule_id`."""
+    return JobRequest(
+        task=row.task,
+        params=row.params or {},
+        priority=Priority(row.priority),
+        max_retries=row.max_retries,
+        schedule_id=row.id,
+    )
+
+
 def _schedules(session: Session, schedule_ids: Sequence[str]) -> dict[str, ScheduleRow]:
     found: dict[str, ScheduleRow] = {}
     ids = list(dict.fromkeys(schedule_ids))
@@ -225,15 +236,8 @@ def _firing(
 ) -> JobRow:
     """The job row of `row`'s firing at `due`: queued, or failed if its task or params are refused."""
     job_id = firing_job_id(row.id, due)
-    request = JobRequest(
-        task=row.task,
-        params=row.params or {},
-        priority=Priority(row.priority),
-        max_retries=row.max_retries,
-        schedule_id=row.id,
-    )
     try:
-        return new_row(settings, tasks, request, now=now, statuses={}, earlier=(), job_id=job_id)
+        return new_row(settings, tasks, job_request(row), now=now, statuses={}, earlier=(), job_id=job_id)
     except InvalidInput as exc:
         log.warning("schedule %s: firing %s refused: %s", row.id, job_id, exc.detail)
         return JobRow(

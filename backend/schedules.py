@@ -25,6 +25,7 @@ from backend.cron import next_run_at, validate_cron, validate_timezone
 from backend.db import utcnow
 from backend.enums import Priority
 from backend.errors import NotFound
+from backend.firing import job_request
 from backend.job_requests import JobRequest, new_row
 from backend.models import JobRow, ScheduleRow
 from backend.schedule_entries import write_through
@@ -171,13 +172,7 @@ def run_now(
     refuses) with `schedule_id` set, and the schedule's `last_run_at` becomes now.
     """
     row = get_schedule(session=session, schedule_id=schedule_id)
-    request = JobRequest(
-        task=row.task,
-        params=row.params or {},
-        priority=Priority(row.priority),
-        max_retries=row.max_retries,
-        schedule_id=row.id,
-    )
+    request = job_request(row)
     job = jobs.submit(session=session, redis=redis, settings=settings, tasks=tasks, request=request).row
     session.execute(
         update(ScheduleRow)
