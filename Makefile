@@ -6,16 +6,18 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 QUEUES ?=
 NAME   ?=
 PYTEST_ARGS ?=
+ARGS ?=
 
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install up down migrate api worker scheduler reconcile prune demo test test-fast lint format bench clean help
+.PHONY: install up down migrate api worker scheduler admin reconcile prune demo test test-fast lint format bench clean help
 
 help:
 	@echo "make demo      run the whole platform (Redis, SQLite, API, two workers, scheduler) in one terminal"
 	@echo "make test      lint and every test (SQLite, and PostgreSQL where it answers)"
 	@echo "make install | up | down | migrate | api | worker [QUEUES=high] [NAME=w1] | scheduler | lint | bench"
 	@echo "make reconcile | prune   repair rows against RQ | delete finished rows past LANES_RETENTION_DAYS"
+	@echo "make admin ARGS='create-tenant NAME --plan pro'   tenants and API keys (python -m backend.admin --help)"
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +45,9 @@ worker: $(STAMP)
 
 scheduler: $(STAMP) migrate
 	$(BIN)/python -m scheduler $(if $(NAME),--name $(NAME))
+
+admin: $(STAMP) migrate
+	$(BIN)/python -m backend.admin $(ARGS)
 
 reconcile: $(STAMP)
 	$(BIN)/python -m backend.reconcile

@@ -45,3 +45,19 @@ STATUS_RANK: dict[JobStatus, int] = {
     JobStatus.FAILED: 4,
     JobStatus.CANCELLED: 4,
 }
+
+
+class Plan(StrEnum):
+    """A tenant's plan: what its quotas are (the numbers are settings)."""
+
+    FREE = "free"
+    PRO = "pro"
+    ELITE = "elite"
+    UNLIMITED = "unlimited"
+
+
+class Role(StrEnum):
+    """What an API key may do within its tenant; an admin of the operator's tenant sees all."""
+
+    ADMIN = "admin"
+    MEMBER = "member"

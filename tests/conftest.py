@@ -86,7 +86,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url: str = request.getfixturevalue("postgres_database")
     engine = create_engine(url)
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE jobs, schedules"))
+        conn.execute(text("TRUNCATE jobs, schedules, api_keys, tenants"))
     engine.dispose()
     return url
 

@@ -217,7 +217,7 @@ def both_databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[l
     postgres: str = request.getfixturevalue("postgres_database")
     engine = make_engine(postgres)
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE jobs, schedules"))
+        conn.execute(text("TRUNCATE jobs, schedules, api_keys, tenants"))
     engine.dispose()
     yield [f"sqlite:///{sqlite_path}", postgres]
 

@@ -1,0 +1,130 @@
+"""Tenants and their API keys. The domain, with no FastAPI in it.
+
+A key reads `lanes_<prefix>_<secret>`. The prefix (12 hex digits) is stored as it is and shown in
+lists, so a key can be named without being revealed; of the whole key only a SHA-256 digest is
+stored. The secret carries 256 random bits, so a plain digest is safe against guessing (a slow
+password hash buys nothing for a random key), and the digests are compared in constant time. A
+key is shown once, when it is made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from backend.db import utcnow
+from backend.enums import Plan, Role
+from backend.errors import Conflict, InvalidInput, NotFound
+from backend.models import ApiKeyRow, TenantRow
+
+KEY_PREFIX = "lanes"
+PREFIX_HEX_DIGITS = 12
+SECRET_BYTES = 32
+#: `lanes_<12 hex>_<43 url-safe base64 characters>`
+KEY_PATTERN = re.compile(rf"^{KEY_PREFIX}_([0-9a-f]{{{PREFIX_HEX_DIGITS}}})_([A-Za-z0-9_-]{{43}})$")
+TENANT_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+#: Compared against when no key has the prefix, so an unknown key costs what a wrong one does.
+_NO_KEY_DIGEST = hashlib.sha256(b"no such key").hexdigest()
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A key just made: `secret` is the whole key, shown this once and never stored."""
+
+    row: ApiKeyRow
+    secret: str
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_tenant(*, session: Session, name: str, plan: Plan = Plan.FREE) -> TenantRow:
+    """A new tenant; `InvalidInput` for a bad name, `Conflict` if the name is taken."""
+    if TENANT_NAME_PATTERN.fullmatch(name) is None:
+        raise InvalidInput(
+            f"tenant name {name!r}: 1 to 100 letters, digits, '.', '_' or '-', beginning with a letter"
+            " or digit",
+            code="invalid_tenant_name",
+        )
+    row = TenantRow(id=uuid.uuid4().hex, name=name, plan=Plan(plan).value, created_at=utcnow())
+    session.add(row)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(f"a tenant named {name!r} exists already", code="tenant_exists") from None
+    return row
+
+
+def get_tenant(*, session: Session, name_or_id: str) -> TenantRow:
+    row = session.scalar(
+        select(TenantRow).where((TenantRow.name == name_or_id) | (TenantRow.id == name_or_id))
+    )
+    if row is None:
+        raise NotFound(f"tenant {name_or_id!r} not found", code="tenant_not_found")
+    return row
+
+
+def list_tenants(*, session: Session) -> list[TenantRow]:
+    return list(session.scalars(select(TenantRow).order_by(TenantRow.created_at, TenantRow.id)))
+
+
+def create_key(
+    *, session: Session, tenant: TenantRow, role: Role = Role.MEMBER, name: str | None = None
+) -> NewKey:
+    """A new key for `tenant`: stored as its prefix and digest, returned whole this once."""
+    prefix = secrets.token_hex(PREFIX_HEX_DIGITS // 2)
+    key = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(SECRET_BYTES)}"
+    row = ApiKeyRow(
+        id=uuid.uuid4().hex,
+        tenant_id=tenant.id,
+        role=Role(role).value,
+        prefix=prefix,
+        secret_hash=digest(key),
+        name=name,
+        created_at=utcnow(),
+    )
+    session.add(row)
+    session.commit()
+    return NewKey(row=row, secret=key)
+
+
+def list_keys(*, session: Session, tenant: TenantRow) -> list[ApiKeyRow]:
+    query = select(ApiKeyRow).where(ApiKeyRow.tenant_id == tenant.id).order_by(ApiKeyRow.created_at)
+    return list(session.scalars(query))
+
+
+def revoke_key(*, session: Session, prefix: str) -> ApiKeyRow:
+    """Revoke the key with `prefix` (the `lanes_<prefix>_` part also works); it fails at once."""
+    prefix = prefix.removeprefix(f"{KEY_PREFIX}_").split("_", 1)[0]
+    row = session.scalar(select(ApiKeyRow).where(ApiKeyRow.prefix == prefix))
+    if row is None:
+        raise NotFound(f"no key has the prefix {prefix!r}", code="key_not_found")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.commit()
+    return row
+
+
+def verify_key(*, session: Session, key: str) -> ApiKeyRow | None:
+    """The live key that `key` is, or None (malformed, unknown, wrong secret or revoked alike).
+
+    A key that passes gets its `last_used_at` stamped.
+    """
+    match = KEY_PATTERN.fullmatch(key)
+    row = session.scalar(select(ApiKeyRow).where(ApiKeyRow.prefix == match.group(1))) if match else None
+    expected = row.secret_hash if row is not None else _NO_KEY_DIGEST
+    if not hmac.compare_digest(digest(key), expected) or row is None or row.revoked_at is not None:
+        return None
+    session.execute(update(ApiKeyRow).where(ApiKeyRow.id == row.id).values(last_used_at=utcnow()))
+    session.commit()
+    return row
