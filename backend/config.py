@@ -78,6 +78,10 @@ class Settings(BaseSettings):
         default=3600.0, gt=0, description="The scheduler prunes finished rows this often."
     )
 
+    operator_tenant: str = Field(
+        default="operator", description="The platform operator's tenant: its admin keys see every tenant."
+    )
+
     api_host: str = Field(default="127.0.0.1", description="Address `make api` listens on.")
     api_port: int = Field(
         default=8000, ge=1, le=65535, description="Port `make api` and `make demo` listen on."

@@ -64,13 +64,20 @@ return 1
 
 
 def cancel_job(
-    *, session: Session, redis: Redis, job_id: str, by: str = "api", wait_s: float = 0.0
+    *,
+    session: Session,
+    redis: Redis,
+    job_id: str,
+    by: str = "api",
+    wait_s: float = 0.0,
+    tenant_id: str | None = None,
 ) -> tuple[JobRow, bool]:
     """Cancel one job; the row afterwards and whether it is final (False: still stopping).
 
-    Raises NotFound, and Conflict (code `job_finished`) when the job had already ended.
+    Raises NotFound (also for another tenant's job), and Conflict (code `job_finished`) when the
+    job had already ended.
     """
-    row = get_job(session=session, job_id=job_id)
+    row = get_job(session=session, job_id=job_id, tenant_id=tenant_id)
     _refuse_if_finished(row)
     try:
         redis.set(cancel_flag_key(job_id), by, ex=CANCEL_FLAG_TTL_S)
@@ -193,12 +200,16 @@ class Selection:
     task: str | None = None
     priority: Priority | None = None
     limit: int = BULK_LIMIT
+    #: Only this tenant's jobs (None: every tenant's, for a platform admin).
+    tenant_id: str | None = None
 
 
 def select_ids(session: Session, selection: Selection, *, statuses: tuple[JobStatus, ...]) -> list[str]:
     """Ids of rows matching a filter, limited to `statuses`, oldest first, at most `limit`."""
     wanted = [s.value for s in statuses if selection.status in (None, s)]
     query = select(JobRow.id).where(JobRow.status.in_(wanted))
+    if selection.tenant_id is not None:
+        query = query.where(JobRow.tenant_id == selection.tenant_id)
     if selection.task is not None:
         query = query.where(JobRow.task == selection.task)
     if selection.priority is not None:
@@ -214,7 +225,9 @@ def cancel_many(*, session: Session, redis: Redis, selection: Selection, by: str
     report = BulkReport()
     for job_id in dict.fromkeys(ids):
         try:
-            row, final = cancel_job(session=session, redis=redis, job_id=job_id, by=by, wait_s=0)
+            row, final = cancel_job(
+                session=session, redis=redis, job_id=job_id, by=by, wait_s=0, tenant_id=selection.tenant_id
+            )
         except NotFound:
             report.refused.append({"id": job_id, "reason": "not found"})
         except Conflict as exc:
@@ -227,13 +240,15 @@ def cancel_many(*, session: Session, redis: Redis, selection: Selection, by: str
 # -- requeue ------------------------------------------------------------------------------------
 
 
-def requeue_job(*, session: Session, redis: Redis, settings: Settings, job_id: str) -> JobRow:
+def requeue_job(
+    *, session: Session, redis: Redis, settings: Settings, job_id: str, tenant_id: str | None = None
+) -> JobRow:
     """Run a failed or cancelled job again under the same id; attempts continue.
 
     Raises NotFound, Conflict (code `not_requeueable`) unless the job is failed or cancelled,
     and BackendUnavailable when Redis refuses (the row then says why, and stays requeueable).
     """
-    row = get_job(session=session, job_id=job_id)
+    row = get_job(session=session, job_id=job_id, tenant_id=tenant_id)
     if row.status not in {s.value for s in REQUEUEABLE}:
         raise Conflict(
             {
@@ -311,7 +326,9 @@ def requeue_many(*, session: Session, redis: Redis, settings: Settings, selectio
     report = BulkReport()
     for job_id in dict.fromkeys(ids):
         try:
-            requeue_job(session=session, redis=redis, settings=settings, job_id=job_id)
+            requeue_job(
+                session=session, redis=redis, settings=settings, job_id=job_id, tenant_id=selection.tenant_id
+            )
         except NotFound:
             report.refused.append({"id": job_id, "reason": "not found"})
         except Conflict as exc:

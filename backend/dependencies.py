@@ -37,13 +37,18 @@ _ID_CHUNK = 500  # ids per IN (...) list, well under SQLite's and PostgreSQL's p
 _ERROR_MAX = 2000
 
 
-def statuses_of(session: Session, job_ids: Iterable[str]) -> dict[str, JobStatus]:
-    """The SQL status of each of `job_ids` that has a row."""
+def statuses_of(
+    session: Session, job_ids: Iterable[str], tenant_id: str | None = None
+) -> dict[str, JobStatus]:
+    """The SQL status of each of `job_ids` that has a row (of `tenant_id`'s, when given)."""
     ids = list(dict.fromkeys(job_ids))
     found: dict[str, JobStatus] = {}
     for start in range(0, len(ids), _ID_CHUNK):
         chunk = ids[start : start + _ID_CHUNK]
-        for job_id, status in session.execute(select(JobRow.id, JobRow.status).where(JobRow.id.in_(chunk))):
+        query = select(JobRow.id, JobRow.status).where(JobRow.id.in_(chunk))
+        if tenant_id is not None:
+            query = query.where(JobRow.tenant_id == tenant_id)
+        for job_id, status in session.execute(query):
             found[job_id] = JobStatus(status)
     return found
 

@@ -1,6 +1,7 @@
 """The error tree of Lanes. Every error a caller can cause or see descends from `AppError`.
 
     AppError
+    ├── Unauthorized         401  unauthorized
     ├── NotFound             404  job_not_found
     ├── Conflict             409
     ├── InvalidInput         422  invalid_params, invalid_priority, invalid_max_retries, …
@@ -29,6 +30,13 @@ class AppError(Exception):
         self.detail = detail
         if code is not None:
             self.code = code
+
+
+class Unauthorized(AppError):
+    """Raised when a request has no API key, or one that is malformed, unknown or revoked."""
+
+    status_code = 401
+    code = "unauthorized"
 
 
 class NotFound(AppError):

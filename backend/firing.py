@@ -237,11 +237,14 @@ def _firing(
     """The job row of `row`'s firing at `due`: queued, or failed if its task or params are refused."""
     job_id = firing_job_id(row.id, due)
     try:
-        return new_row(settings, tasks, job_request(row), now=now, statuses={}, earlier=(), job_id=job_id)
+        job = new_row(settings, tasks, job_request(row), now=now, statuses={}, earlier=(), job_id=job_id)
+        job.tenant_id = row.tenant_id
+        return job
     except InvalidInput as exc:
         log.warning("schedule %s: firing %s refused: %s", row.id, job_id, exc.detail)
         return JobRow(
             id=job_id,
+            tenant_id=row.tenant_id,
             task=row.task,
             queue=row.priority,
             priority=row.priority,

@@ -2,11 +2,11 @@
 
 A submit that carries a key stores it on the job's row with a hash of the request and an expiry
 (`LANES_IDEMPOTENCY_TTL_S`). A later submit with that key, while it lives, gets the first job back
-when its hash matches, and `Conflict` (`idempotency_conflict`) when it does not. The unique index
-`ux_jobs_idempotency_key` decides between concurrent submits: one INSERT wins, the others roll
-back and answer with the winner's job (see `backend.jobs.submit`). Once a key has expired, the
-next submit with it takes it over: it clears the key from the old row in the same transaction
-that inserts the new one.
+when its hash matches, and `Conflict` (`idempotency_conflict`) when it does not. Keys are per
+tenant: the unique index `ux_jobs_tenant_idempotency_key` decides between concurrent submits of
+one tenant: one INSERT wins, the others roll back and answer with the winner's job (see
+`backend.jobs.submit`). Once a key has expired, the next submit with it takes it over: it clears
+the key from the old row in the same transaction that inserts the new one.
 """
 
 from __future__ import annotations
@@ -43,14 +43,17 @@ def body_hash(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def find_replay(*, session: Session, key: str, digest: str, now: datetime) -> JobRow | None:
+def find_replay(
+    *, session: Session, key: str, digest: str, now: datetime, tenant_id: str | None = None
+) -> JobRow | None:
     """The live job that `key` already names, if its body matched; None when the key is free.
 
     Raises `Conflict` (`idempotency_conflict`) for a live key used with a different body. An
     expired key is cleared from its old row here, uncommitted: the caller's INSERT of the new
     row commits both, or neither.
     """
-    row = session.scalars(select(JobRow).where(JobRow.idempotency_key == key)).first()
+    owner = JobRow.tenant_id.is_(None) if tenant_id is None else JobRow.tenant_id == tenant_id
+    row = session.scalars(select(JobRow).where(JobRow.idempotency_key == key, owner)).first()
     if row is None:
         return None
     if row.idempotency_expires_at is not None and row.idempotency_expires_at <= now:

@@ -63,12 +63,14 @@ def submit(
     tasks: TaskRegistry,
     request: JobRequest,
     idempotency_key: str | None = None,
+    tenant_id: str | None = None,
 ) -> Submission:
     """Validate, write the row, enqueue. Raises AppError subclasses.
 
     With an `idempotency_key` that a live job already holds, that job comes back (`replayed`) if
     the request is the same, and nothing is written or enqueued; a different request raises
     `Conflict` (`idempotency_conflict`). Of concurrent submits with one key, one makes the job.
+    Keys, dependencies and the new row belong to `tenant_id`.
     """
     digest = None
     if idempotency_key is not None:
@@ -76,12 +78,15 @@ def submit(
         digest = idempotency.body_hash(request.canonical())
     try:
         if idempotency_key is not None and digest is not None:
-            first = idempotency.find_replay(session=session, key=idempotency_key, digest=digest, now=utcnow())
+            first = idempotency.find_replay(
+                session=session, key=idempotency_key, digest=digest, now=utcnow(), tenant_id=tenant_id
+            )
             if first is not None:
                 return Submission(first, replayed=True)
         now = utcnow()
-        statuses = dependencies.statuses_of(session, request.depends_on)
+        statuses = dependencies.statuses_of(session, request.depends_on, tenant_id)
         row = new_row(settings, tasks, request, now=now, statuses=statuses, earlier=(), job_id=new_job_id())
+        row.tenant_id = tenant_id
         if idempotency_key is not None:
             row.idempotency_key = idempotency_key
             row.idempotency_hash = digest
@@ -94,7 +99,9 @@ def submit(
             raise
         # Another submit with this key committed first: its job is the answer, and this one
         # enqueues nothing.
-        first = idempotency.find_replay(session=session, key=idempotency_key, digest=digest, now=utcnow())
+        first = idempotency.find_replay(
+            session=session, key=idempotency_key, digest=digest, now=utcnow(), tenant_id=tenant_id
+        )
         if first is None:
             raise
         return Submission(first, replayed=True)
@@ -128,6 +135,7 @@ def submit_batch(
     settings: Settings,
     tasks: TaskRegistry,
     requests: Sequence[JobRequest],
+    tenant_id: str | None = None,
 ) -> list[JobRow]:
     """Submit up to `MAX_BATCH_JOBS` jobs all or none; their rows, in the order given.
 
@@ -141,7 +149,9 @@ def submit_batch(
             f"a batch holds 1 to {MAX_BATCH_JOBS} jobs, not {len(requests)}", code="invalid_jobs"
         )
     now = utcnow()
-    statuses = dependencies.statuses_of(session, (d for request in requests for d in request.depends_on))
+    statuses = dependencies.statuses_of(
+        session, (d for request in requests for d in request.depends_on), tenant_id
+    )
     rows: list[JobRow] = []
     for index, request in enumerate(requests):
         try:
@@ -152,6 +162,7 @@ def submit_batch(
             raise InvalidInput(
                 {"index": index, "code": exc.code, "errors": exc.detail}, code="invalid_batch_item"
             ) from exc
+        row.tenant_id = tenant_id
         rows.append(row)
     session.add_all(rows)
     session.commit()
@@ -227,18 +238,26 @@ def _mark_not_enqueued(session: Session, rows: Sequence[JobRow], reason: str) ->
         log.exception("could not mark %d row(s) failed after Redis refused them", len(ids))
 
 
-def get_job(*, session: Session, job_id: str) -> JobRow:
+def get_job(*, session: Session, job_id: str, tenant_id: str | None = None) -> JobRow:
+    """The job's row; `NotFound` if there is none, or it is not `tenant_id`'s (when given)."""
     row = session.get(JobRow, job_id)
-    if row is None:
+    if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
         raise NotFound(f"job {job_id!r} not found", code="job_not_found")
     return row
 
 
 def list_jobs(
-    *, session: Session, filters: JobFilter, limit: int, cursor: str | None = None
+    *,
+    session: Session,
+    filters: JobFilter,
+    limit: int,
+    cursor: str | None = None,
+    tenant_id: str | None = None,
 ) -> tuple[list[JobRow], str | None]:
     """Newest first, one page of `limit` rows and the cursor of the next page (keyset pagination)."""
     query = select(JobRow)
+    if tenant_id is not None:
+        query = query.where(JobRow.tenant_id == tenant_id)
     if filters.status is not None:
         query = query.where(JobRow.status == filters.status.value)
     if filters.task is not None:
@@ -248,11 +267,12 @@ def list_jobs(
     return pages.page(session, query, JobRow, limit=limit, cursor=cursor)
 
 
-def job_stats(*, session: Session) -> dict[str, Any]:
+def job_stats(*, session: Session, tenant_id: str | None = None) -> dict[str, Any]:
     """Counts by status, overall and per queue, every status present (zeros included)."""
-    counts = session.execute(
-        select(JobRow.queue, JobRow.status, func.count()).group_by(JobRow.queue, JobRow.status)
-    ).all()
+    query = select(JobRow.queue, JobRow.status, func.count()).group_by(JobRow.queue, JobRow.status)
+    if tenant_id is not None:
+        query = query.where(JobRow.tenant_id == tenant_id)
+    counts = session.execute(query).all()
     queues: dict[str, dict[str, Any]] = {q.value: _empty_stats() for q in QUEUE_ORDER}
     overall = _empty_stats()
     for queue, status, count in counts:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from backend.db import UTCDateTime, utcnow
@@ -62,7 +62,9 @@ class JobRow(Base):
         Index("ix_jobs_status_priority_created", "status", "priority", "created_at"),
         Index("ix_jobs_created_id", "created_at", "id"),
         Index("ix_jobs_task_created", "task", "created_at"),
-        Index("ux_jobs_idempotency_key", "idempotency_key", unique=True),
+        Index(
+            "ux_jobs_tenant_idempotency_key", text("coalesce(tenant_id, '')"), "idempotency_key", unique=True
+        ),
         Index("ix_jobs_status_finished", "status", "finished_at"),
         Index("ix_jobs_schedule_created", "schedule_id", "created_at", "id"),
     )

@@ -98,18 +98,22 @@ def create_schedule(
     return row
 
 
-def get_schedule(*, session: Session, schedule_id: str) -> ScheduleRow:
+def get_schedule(*, session: Session, schedule_id: str, tenant_id: str | None = None) -> ScheduleRow:
+    """The schedule's row; `NotFound` if there is none, or it is not `tenant_id`'s (when given)."""
     row = session.get(ScheduleRow, schedule_id)
-    if row is None:
+    if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
         raise NotFound(f"schedule {schedule_id!r} not found", code="schedule_not_found")
     return row
 
 
 def list_schedules(
-    *, session: Session, limit: int, cursor: str | None = None
+    *, session: Session, limit: int, cursor: str | None = None, tenant_id: str | None = None
 ) -> tuple[list[ScheduleRow], str | None]:
     """Newest first, one page of `limit` rows and the cursor of the next page (keyset pagination)."""
-    return pages.page(session, select(ScheduleRow), ScheduleRow, limit=limit, cursor=cursor)
+    query = select(ScheduleRow)
+    if tenant_id is not None:
+        query = query.where(ScheduleRow.tenant_id == tenant_id)
+    return pages.page(session, query, ScheduleRow, limit=limit, cursor=cursor)
 
 
 def update_schedule(
@@ -120,13 +124,14 @@ def update_schedule(
     tasks: TaskRegistry,
     schedule_id: str,
     changes: ScheduleChanges,
+    tenant_id: str | None = None,
 ) -> ScheduleRow:
     """Apply `changes` (all validated before any is applied) and write the entry through.
 
     `next_run_at` is recomputed from now when the cron, the time zone or `enabled` changes, and
     kept otherwise, so renaming a schedule a moment before it is due does not skip that firing.
     """
-    row = get_schedule(session=session, schedule_id=schedule_id)
+    row = get_schedule(session=session, schedule_id=schedule_id, tenant_id=tenant_id)
     cron = row.cron if changes.cron is None else validate_cron(changes.cron)
     timezone = row.timezone if changes.timezone is None else validate_timezone(changes.timezone)
     _, params, priority, max_retries = _validated_job(
@@ -152,9 +157,11 @@ def update_schedule(
     return row
 
 
-def delete_schedule(*, session: Session, redis: Redis, schedule_id: str) -> None:
+def delete_schedule(
+    *, session: Session, redis: Redis, schedule_id: str, tenant_id: str | None = None
+) -> None:
     """Delete a schedule and its entry; the jobs it fired keep their rows (and `schedule_id`)."""
-    row = get_schedule(session=session, schedule_id=schedule_id)
+    row = get_schedule(session=session, schedule_id=schedule_id, tenant_id=tenant_id)
     session.delete(row)
     session.commit()
     write_through(redis, None, schedule_id=schedule_id)
@@ -164,16 +171,24 @@ def delete_schedule(*, session: Session, redis: Redis, schedule_id: str) -> None
 
 
 def run_now(
-    *, session: Session, redis: Redis, settings: Settings, tasks: TaskRegistry, schedule_id: str
+    *,
+    session: Session,
+    redis: Redis,
+    settings: Settings,
+    tasks: TaskRegistry,
+    schedule_id: str,
+    tenant_id: str | None = None,
 ) -> JobRow:
     """Fire a schedule now, enabled or not, as a job of its own; its cron times are not changed.
 
     The job is submitted like any other (row first, then Redis; `BackendUnavailable` if Redis
     refuses) with `schedule_id` set, and the schedule's `last_run_at` becomes now.
     """
-    row = get_schedule(session=session, schedule_id=schedule_id)
+    row = get_schedule(session=session, schedule_id=schedule_id, tenant_id=tenant_id)
     request = job_request(row)
-    job = jobs.submit(session=session, redis=redis, settings=settings, tasks=tasks, request=request).row
+    job = jobs.submit(
+        session=session, redis=redis, settings=settings, tasks=tasks, request=request, tenant_id=row.tenant_id
+    ).row
     session.execute(
         update(ScheduleRow)
         .where(
@@ -187,10 +202,10 @@ def run_now(
 
 
 def list_schedule_jobs(
-    *, session: Session, schedule_id: str, limit: int, cursor: str | None = None
+    *, session: Session, schedule_id: str, limit: int, cursor: str | None = None, tenant_id: str | None = None
 ) -> tuple[list[JobRow], str | None]:
     """The jobs a schedule has fired, newest first, a page at a time; `NotFound` for no schedule."""
-    get_schedule(session=session, schedule_id=schedule_id)
+    get_schedule(session=session, schedule_id=schedule_id, tenant_id=tenant_id)
     query = select(JobRow).where(JobRow.schedule_id == schedule_id)
     return pages.page(session, query, JobRow, limit=limit, cursor=cursor)
 

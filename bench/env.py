@@ -105,6 +105,7 @@ class BenchEnv:
         self.database_path = self.directory / "lanes.db"
         self.children: list[Child] = []
         self._clients: list[Redis] = []
+        self._api_key: str | None = None
 
     # -- set-up and tear-down ------------------------------------------------------------------
 
@@ -142,6 +143,20 @@ class BenchEnv:
     @property
     def database_url(self) -> str:
         return f"sqlite:///{self.database_path}"
+
+    def api_headers(self) -> dict[str, str]:
+        """An API key of a `bench` tenant (unlimited plan), made once, as request headers."""
+        if self._api_key is None:
+            from backend import tenants
+            from backend.db import make_engine, make_sessionmaker
+            from backend.enums import Plan, Role
+
+            engine = make_engine(self.database_url)
+            with make_sessionmaker(engine)() as session:
+                tenant = tenants.create_tenant(session=session, name="bench", plan=Plan.UNLIMITED)
+                self._api_key = tenants.create_key(session=session, tenant=tenant, role=Role.ADMIN).secret
+            engine.dispose()
+        return {"Authorization": f"Bearer {self._api_key}"}
 
     def redis(self) -> Redis:
         """A client on the private server, closed with the environment."""

@@ -53,16 +53,18 @@ def run(env: BenchEnv, options: SubmitOptions) -> list[Comparison]:
     redis = env.redis()
     bare_queue = Queue(BARE_QUEUE, connection=redis, serializer=JSONSerializer)
     api, base_url = start_api(env)
+    headers = env.api_headers()
 
     with LanesClient(redis_url=env.redis_url, database_url=env.database_url) as lanes:
         # Warm every path once: imports, connection pools, SQLite pages, FastAPI's caches.
-        post_many(base_url, options.warmup_jobs, options.concurrency)
+        post_many(base_url, options.warmup_jobs, options.concurrency, headers)
         lanes.submit(options.warmup_jobs)
         enqueue_bare(bare_queue, options.warmup_jobs)
 
         for _ in range(options.rounds):
             env.flush_redis()
-            http.lanes.append(options.http_jobs / post_many(base_url, options.http_jobs, options.concurrency))
+            elapsed = post_many(base_url, options.http_jobs, options.concurrency, headers)
+            http.lanes.append(options.http_jobs / elapsed)
             domain.lanes.append(options.inprocess_jobs / timed(lambda: lanes.submit(options.inprocess_jobs)))
             bare_rate = options.inprocess_jobs / timed(
                 lambda: enqueue_bare(bare_queue, options.inprocess_jobs)
@@ -93,7 +95,7 @@ def start_api(env: BenchEnv) -> tuple[Child, str]:
         if not child.alive():
             raise BenchError(f"the API process exited at start-up:\n{child.log_tail()}")
         try:
-            return httpx.get(f"{base_url}/api/v1/tasks", timeout=1.0).status_code == 200
+            return httpx.get(f"{base_url}/healthz", timeout=1.0).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -101,18 +103,20 @@ def start_api(env: BenchEnv) -> tuple[Child, str]:
     return child, base_url
 
 
-def post_many(base_url: str, count: int, concurrency: int) -> float:
+def post_many(base_url: str, count: int, concurrency: int, headers: dict[str, str]) -> float:
     """POST `count` jobs with `concurrency` requests in flight; seconds taken. Raises on any non-202."""
-    return asyncio.run(_post_many(base_url, count, concurrency))
+    return asyncio.run(_post_many(base_url, count, concurrency, headers))
 
 
-async def _post_many(base_url: str, count: int, concurrency: int) -> float:
+async def _post_many(base_url: str, count: int, concurrency: int, headers: dict[str, str]) -> float:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     body = {"task": TASK, "params": PARAMS}
     remaining = count
     failures: list[str] = []
 
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=REQUEST_TIMEOUT_S) as client:
+    async with httpx.AsyncClient(
+        base_url=base_url, limits=limits, timeout=REQUEST_TIMEOUT_S, headers=headers
+    ) as client:
 
         async def one_client() -> None:
             nonlocal remaining

@@ -23,12 +23,17 @@ from urllib.parse import urlparse
 
 import httpx
 
+from backend import tenants
 from backend.config import get_settings
+from backend.db import make_engine, make_sessionmaker
 from backend.devredis import RedisServer, answers
+from backend.enums import Plan, Role
+from backend.errors import NotFound
 from backend.migrate import upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
 TERMINAL = {"succeeded", "failed", "cancelled"}
+DEMO_TENANT = "demo"
 DEMO_RETRY_BASE_S = "3"  # so the flaky example is retried within seconds, not minutes
 
 EXAMPLE_SCHEDULE: dict[str, Any] = {
@@ -69,6 +74,8 @@ class Demo:
         self.port = port
         self.children: list[subprocess.Popen[bytes]] = []
         self.redis: RedisServer | None = None
+        self.headers: dict[str, str] = {}
+        self.key = ""
         self.env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.env.setdefault("LANES_RETRY_BASE_S", DEMO_RETRY_BASE_S)
 
@@ -86,6 +93,9 @@ class Demo:
             print(f"• Redis: started redis-server on port {port} (data in .lanes/demo-redis)")
         upgrade(self.settings.database_url, quiet=True)
         print(f"• Database: {self.settings.database_url} migrated")
+        self.key = self.make_key()
+        self.headers = {"Authorization": f"Bearer {self.key}"}
+        print(f"• API key of tenant {DEMO_TENANT!r} (unlimited plan), made for this demo: {self.key}")
         self.spawn("api", [sys.executable, "-m", "uvicorn", "backend.main:app", "--port", str(self.port),
                            "--host", "127.0.0.1", "--no-access-log", "--log-level", "warning"])  # fmt: skip
         self.wait_for_api()
@@ -93,13 +103,32 @@ class Demo:
             "scheduler", [sys.executable, "-m", "scheduler", "--name", f"demo-scheduler-{os.getpid()}"]
         )
 
+    def make_key(self) -> str:
+        """A new admin key of the demo tenant (the tenant is made on the first demo)."""
+        engine = make_engine(self.settings.database_url)
+        try:
+            with make_sessionmaker(engine)() as session:
+                try:
+                    tenant = tenants.get_tenant(session=session, name_or_id=DEMO_TENANT)
+                except NotFound:
+                    tenant = tenants.create_tenant(session=session, name=DEMO_TENANT, plan=Plan.UNLIMITED)
+                return tenants.create_key(
+                    session=session, tenant=tenant, role=Role.ADMIN, name="make demo"
+                ).secret
+        finally:
+            engine.dispose()
+
     def add_schedule(self) -> str:
         """The example schedule's id: made on the first demo, found again on later ones."""
-        listed = httpx.get(f"{self.api_url}/api/v1/schedules", params={"limit": 200}, timeout=10).json()
+        listed = httpx.get(
+            f"{self.api_url}/api/v1/schedules", params={"limit": 200}, headers=self.headers, timeout=10
+        ).json()
         for schedule in listed["items"]:
             if schedule["name"] == EXAMPLE_SCHEDULE["name"]:
                 return str(schedule["id"])
-        response = httpx.post(f"{self.api_url}/api/v1/schedules", json=EXAMPLE_SCHEDULE, timeout=10)
+        response = httpx.post(
+            f"{self.api_url}/api/v1/schedules", json=EXAMPLE_SCHEDULE, headers=self.headers, timeout=10
+        )
         response.raise_for_status()
         return str(response.json()["id"])
 
@@ -125,7 +154,7 @@ class Demo:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.api_url}/api/v1/tasks", timeout=2).status_code == 200:
+                if httpx.get(f"{self.api_url}/healthz", timeout=2).status_code == 200:
                     return
             if any(child.poll() is not None for child in self.children):
                 raise SystemExit("a demo process exited early; see .lanes/logs/")
@@ -135,7 +164,7 @@ class Demo:
     def submit_examples(self) -> list[str]:
         ids = []
         for body in EXAMPLES:
-            response = httpx.post(f"{self.api_url}/api/v1/jobs", json=body, timeout=10)
+            response = httpx.post(f"{self.api_url}/api/v1/jobs", json=body, headers=self.headers, timeout=10)
             response.raise_for_status()
             job = response.json()
             ids.append(job["id"])
@@ -155,8 +184,11 @@ Lanes is running.
   schedule        {api}/api/v1/schedules/{schedule_id}   (fires demo.echo every minute)
   its jobs        {api}/api/v1/schedules/{schedule_id}/jobs
 
-Try:
-  curl -s -X POST {api}/api/v1/jobs -H 'content-type: application/json' \\
+Every /api/v1 route but health needs the key. Try:
+  export LANES_KEY={self.key}
+  curl -s {api}/api/v1/jobs -H "Authorization: Bearer $LANES_KEY"
+  curl -s -X POST {api}/api/v1/jobs -H "Authorization: Bearer $LANES_KEY" \\
+       -H 'content-type: application/json' \\
        -d '{{"task": "demo.sleep", "params": {{"seconds": 5}}, "priority": "high"}}'
   redis-cli -u {self.settings.redis_url} LLEN rq:queue:normal
 Ctrl-C stops everything this demo started.
@@ -167,7 +199,9 @@ Ctrl-C stops everything this demo started.
         while True:
             for job_id in ids:
                 with contextlib.suppress(httpx.HTTPError):
-                    job = httpx.get(f"{self.api_url}/api/v1/jobs/{job_id}", timeout=5).json()
+                    job = httpx.get(
+                        f"{self.api_url}/api/v1/jobs/{job_id}", headers=self.headers, timeout=5
+                    ).json()
                     state = (job["status"], job["progress"])
                     if last.get(job_id) != state:
                         last[job_id] = state

@@ -22,9 +22,12 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from backend import tenants
 from backend.config import Settings
 from backend.db import make_engine, make_sessionmaker
 from backend.devredis import RedisServer
+from backend.enums import Plan, Role
+from backend.errors import NotFound
 from backend.main import create_app
 from backend.migrate import upgrade
 from tests.helpers import SchedulerFactory, WorkerFactory
@@ -146,17 +149,39 @@ def make_settings(database_url: str) -> Any:
     return build
 
 
+def tenant_key(database_url: str, name: str, *, role: Role = Role.ADMIN) -> str:
+    """A new key of tenant `name` (made if it does not exist) in the test database."""
+    engine = make_engine(database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            try:
+                tenant = tenants.get_tenant(session=session, name_or_id=name)
+            except NotFound:
+                tenant = tenants.create_tenant(session=session, name=name, plan=Plan.UNLIMITED)
+            return tenants.create_key(session=session, tenant=tenant, role=role).secret
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture
-def api(make_settings: Any, fake_redis: fakeredis.FakeRedis) -> Iterator[TestClient]:
-    """The API on the test database and fakeredis: for fast tests of HTTP behaviour."""
-    with TestClient(create_app(make_settings(), redis=fake_redis)) as client:
+def auth_headers(database_url: str) -> dict[str, str]:
+    """A platform admin's key (an admin of the operator's tenant): it sees every tenant."""
+    return {"Authorization": f"Bearer {tenant_key(database_url, 'operator')}"}
+
+
+@pytest.fixture
+def api(
+    make_settings: Any, fake_redis: fakeredis.FakeRedis, auth_headers: dict[str, str]
+) -> Iterator[TestClient]:
+    """The API on the test database and fakeredis, called as a platform admin: fast HTTP tests."""
+    with TestClient(create_app(make_settings(), redis=fake_redis), headers=auth_headers) as client:
         yield client
 
 
 @pytest.fixture
-def live_api(make_settings: Any, redis_url: str) -> Iterator[TestClient]:
-    """The API on the test database and the private real Redis."""
-    with TestClient(create_app(make_settings(redis_url, retry_base_s=1))) as client:
+def live_api(make_settings: Any, redis_url: str, auth_headers: dict[str, str]) -> Iterator[TestClient]:
+    """The API on the test database and the private real Redis, called as a platform admin."""
+    with TestClient(create_app(make_settings(redis_url, retry_base_s=1)), headers=auth_headers) as client:
         yield client
 
 

@@ -5,20 +5,21 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Response, status
+from fastapi import APIRouter, Depends, Path, Response, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backend import control
+from backend.api.auth import Caller, CallerDep, get_caller
 from backend.api.deps import RedisDep, SessionDep, SettingsDep
 from backend.enums import JobStatus, Priority
 from backend.errors import NotFound
 from backend.schemas import ErrorOut, JobOut
 
-router = APIRouter(prefix="/api/v1/jobs", tags=["job control"])
+router = APIRouter(prefix="/api/v1/jobs", tags=["job control"], dependencies=[Depends(get_caller)])
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 TASK_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (404, 409, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (401, 404, 409, 422, 503)}
 JobId = Annotated[str, Path(max_length=200)]
 
 
@@ -44,9 +45,14 @@ class Selection(BaseModel):
             raise ValueError("give either `ids` or a filter, not both")
         return self
 
-    def to_domain(self) -> control.Selection:
+    def to_domain(self, caller: Caller) -> control.Selection:
         return control.Selection(
-            ids=self.ids, status=self.status, task=self.task, priority=self.priority, limit=self.limit
+            ids=self.ids,
+            status=self.status,
+            task=self.task,
+            priority=self.priority,
+            limit=self.limit,
+            tenant_id=caller.scope,
         )
 
 
@@ -73,9 +79,11 @@ def _check_id(job_id: str) -> None:
 
 
 @router.post("/cancel", response_model=CancelReport, responses=ERRORS)
-def cancel_jobs(body: Selection, session: SessionDep, redis: RedisDep) -> CancelReport:
+def cancel_jobs(body: Selection, session: SessionDep, redis: RedisDep, caller: CallerDep) -> CancelReport:
     """Cancel many jobs, by ids or by filter; says what was cancelled and what could not be, and why."""
-    report = control.cancel_many(session=session, redis=redis, selection=body.to_domain())
+    report = control.cancel_many(
+        session=session, redis=redis, selection=body.to_domain(caller), by=caller.label
+    )
     return CancelReport(
         cancelled=report.done,
         stopping=report.in_progress,
@@ -84,9 +92,13 @@ def cancel_jobs(body: Selection, session: SessionDep, redis: RedisDep) -> Cancel
 
 
 @router.post("/retry", response_model=RetryReport, responses=ERRORS)
-def retry_jobs(body: Selection, session: SessionDep, redis: RedisDep, settings: SettingsDep) -> RetryReport:
+def retry_jobs(
+    body: Selection, session: SessionDep, redis: RedisDep, settings: SettingsDep, caller: CallerDep
+) -> RetryReport:
     """Requeue many failed (by default) or cancelled jobs: drain the dead letter on purpose."""
-    report = control.requeue_many(session=session, redis=redis, settings=settings, selection=body.to_domain())
+    report = control.requeue_many(
+        session=session, redis=redis, settings=settings, selection=body.to_domain(caller)
+    )
     return RetryReport(
         requeued=report.done, not_requeued=[Refused.model_validate(item) for item in report.refused]
     )
@@ -94,21 +106,35 @@ def retry_jobs(body: Selection, session: SessionDep, redis: RedisDep, settings: 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses={202: {"model": JobOut}, **ERRORS})
 def cancel_job(
-    job_id: JobId, response: Response, session: SessionDep, redis: RedisDep, settings: SettingsDep
+    job_id: JobId,
+    response: Response,
+    session: SessionDep,
+    redis: RedisDep,
+    settings: SettingsDep,
+    caller: CallerDep,
 ) -> JobOut:
     """Cancel a job: waiting jobs at once; a running job is stopped (202 while it stops)."""
     _check_id(job_id)
     row, final = control.cancel_job(
-        session=session, redis=redis, job_id=job_id, wait_s=settings.cancel_wait_s
+        session=session,
+        redis=redis,
+        job_id=job_id,
+        wait_s=settings.cancel_wait_s,
+        by=caller.label,
+        tenant_id=caller.scope,
     )
     response.status_code = status.HTTP_200_OK if final else status.HTTP_202_ACCEPTED
     return JobOut.model_validate(row)
 
 
 @router.post("/{job_id}/retry", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut, responses=ERRORS)
-def retry_job(job_id: JobId, session: SessionDep, redis: RedisDep, settings: SettingsDep) -> JobOut:
+def retry_job(
+    job_id: JobId, session: SessionDep, redis: RedisDep, settings: SettingsDep, caller: CallerDep
+) -> JobOut:
     """Run a failed or cancelled job again under the same id; attempts continue."""
     _check_id(job_id)
     return JobOut.model_validate(
-        control.requeue_job(session=session, redis=redis, settings=settings, job_id=job_id)
+        control.requeue_job(
+            session=session, redis=redis, settings=settings, job_id=job_id, tenant_id=caller.scope
+        )
     )

@@ -6,12 +6,13 @@ import re
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Response, status
+from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
 from pydantic import ValidationError
 from redis import Redis
 from sqlalchemy.orm import Session
 
 from backend import estimates, jobs
+from backend.api.auth import CallerDep, get_caller
 from backend.api.deps import RedisDep, SessionDep, SettingsDep, TasksDep
 from backend.api.errors import validation_code
 from backend.enums import JobStatus, Priority
@@ -29,12 +30,12 @@ from backend.schemas import (
     JobStats,
 )
 
-router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], dependencies=[Depends(get_caller)])
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 TASK_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (400, 404, 409, 413, 422, 503)
+    code: {"model": ErrorOut} for code in (400, 401, 404, 409, 413, 422, 503)
 }
 
 
@@ -46,6 +47,7 @@ def submit_job(
     redis: RedisDep,
     settings: SettingsDep,
     tasks: TasksDep,
+    caller: CallerDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -62,6 +64,7 @@ def submit_job(
         tasks=tasks,
         request=_request(body),
         idempotency_key=idempotency_key,
+        tenant_id=caller.tenant_id,
     )
     response.headers["Location"] = f"{router.prefix}/{submission.row.id}"
     if submission.replayed:
@@ -71,11 +74,23 @@ def submit_job(
 
 @router.post("/batch", status_code=status.HTTP_202_ACCEPTED, response_model=JobBatchOut, responses=ERRORS)
 def submit_batch(
-    body: JobBatchCreate, session: SessionDep, redis: RedisDep, settings: SettingsDep, tasks: TasksDep
+    body: JobBatchCreate,
+    session: SessionDep,
+    redis: RedisDep,
+    settings: SettingsDep,
+    tasks: TasksDep,
+    caller: CallerDep,
 ) -> JobBatchOut:
     """Submit up to 1,000 jobs at once: all validated first, then accepted together or not at all."""
     requests = [_request(_batch_item(index, item)) for index, item in enumerate(body.jobs)]
-    rows = jobs.submit_batch(session=session, redis=redis, settings=settings, tasks=tasks, requests=requests)
+    rows = jobs.submit_batch(
+        session=session,
+        redis=redis,
+        settings=settings,
+        tasks=tasks,
+        requests=requests,
+        tenant_id=caller.tenant_id,
+    )
     return JobBatchOut(jobs=[JobOut.model_validate(row) for row in rows])
 
 
@@ -108,6 +123,7 @@ def list_jobs(
     session: SessionDep,
     redis: RedisDep,
     settings: SettingsDep,
+    caller: CallerDep,
     status: JobStatus | None = None,
     task: Annotated[str | None, Query(pattern=TASK_NAME_PATTERN)] = None,
     priority: Priority | None = None,
@@ -120,22 +136,27 @@ def list_jobs(
         filters=jobs.JobFilter(status=status, task=task, priority=priority),
         limit=min(limit, settings.list_limit_max),
         cursor=cursor,
+        tenant_id=caller.scope,
     )
     return JobPage(items=with_estimates(session, redis, rows), next_cursor=next_cursor)
 
 
 @router.get("/stats", response_model=JobStats, responses=ERRORS)
-def job_stats(session: SessionDep) -> JobStats:
-    """Count jobs by status, overall and per queue."""
-    return JobStats.model_validate(jobs.job_stats(session=session))
+def job_stats(session: SessionDep, caller: CallerDep) -> JobStats:
+    """Count jobs by status, overall and per queue (the caller's tenant's; every tenant's for an admin)."""
+    return JobStats.model_validate(jobs.job_stats(session=session, tenant_id=caller.scope))
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=ERRORS)
-def get_job(job_id: Annotated[str, Path(max_length=200)], session: SessionDep, redis: RedisDep) -> JobOut:
+def get_job(
+    job_id: Annotated[str, Path(max_length=200)], session: SessionDep, redis: RedisDep, caller: CallerDep
+) -> JobOut:
     """Read one job: status, progress, result or error, attempts, timestamps; estimates while it waits."""
     if not _valid_id(job_id):
         raise NotFound(f"job {job_id!r} not found", code="job_not_found")
-    return with_estimates(session, redis, [jobs.get_job(session=session, job_id=job_id)])[0]
+    return with_estimates(
+        session, redis, [jobs.get_job(session=session, job_id=job_id, tenant_id=caller.scope)]
+    )[0]
 
 
 def with_estimates(session: Session, redis: Redis, rows: Sequence[JobRow]) -> list[JobOut]:

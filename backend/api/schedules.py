@@ -9,10 +9,11 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend import cron, schedules
+from backend.api.auth import CallerDep, get_caller
 from backend.api.deps import RedisDep, SessionDep, SettingsDep, TasksDep
 from backend.api.jobs import with_estimates
 from backend.db import utcnow
@@ -21,10 +22,12 @@ from backend.errors import NotFound
 from backend.models import ScheduleRow
 from backend.schemas import ErrorOut, JobOut, JobPage, Timestamp
 
-router = APIRouter(prefix="/api/v1/schedules", tags=["schedules"])
+router = APIRouter(prefix="/api/v1/schedules", tags=["schedules"], dependencies=[Depends(get_caller)])
 
 SCHEDULE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (400, 404, 413, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (400, 401, 404, 413, 422, 503)
+}
 ScheduleId = Annotated[str, Path(max_length=200)]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 Cron = Annotated[str, Field(min_length=1, max_length=cron.MAX_CRON_CHARS, examples=["*/15 * * * *"])]
@@ -109,10 +112,17 @@ def create_schedule(
     redis: RedisDep,
     settings: SettingsDep,
     tasks: TasksDep,
+    caller: CallerDep,
 ) -> ScheduleOut:
     """Create a schedule: its task and params are validated like a job submit, its cron checked."""
     row = schedules.create_schedule(
-        session=session, redis=redis, settings=settings, tasks=tasks, **body.model_dump(exclude_none=True)
+        session=session,
+        redis=redis,
+        settings=settings,
+        tasks=tasks,
+        tenant_id=caller.tenant_id,
+        created_by=caller.label,
+        **body.model_dump(exclude_none=True),
     )
     response.headers["Location"] = f"{router.prefix}/{row.id}"
     return _out(row)
@@ -122,21 +132,22 @@ def create_schedule(
 def list_schedules(
     session: SessionDep,
     settings: SettingsDep,
+    caller: CallerDep,
     limit: Annotated[int, Query(ge=1)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> SchedulePage:
     """List schedules, newest first, one page at a time."""
     rows, next_cursor = schedules.list_schedules(
-        session=session, limit=min(limit, settings.list_limit_max), cursor=cursor
+        session=session, limit=min(limit, settings.list_limit_max), cursor=cursor, tenant_id=caller.scope
     )
     return SchedulePage(items=[_out(row) for row in rows], next_cursor=next_cursor)
 
 
 @router.get("/{schedule_id}", response_model=ScheduleOut, responses=ERRORS)
-def get_schedule(schedule_id: ScheduleId, session: SessionDep) -> ScheduleOut:
+def get_schedule(schedule_id: ScheduleId, session: SessionDep, caller: CallerDep) -> ScheduleOut:
     """Read one schedule and its next fire times."""
     _check_id(schedule_id)
-    return _out(schedules.get_schedule(session=session, schedule_id=schedule_id))
+    return _out(schedules.get_schedule(session=session, schedule_id=schedule_id, tenant_id=caller.scope))
 
 
 @router.patch("/{schedule_id}", response_model=ScheduleOut, responses=ERRORS)
@@ -147,6 +158,7 @@ def update_schedule(
     redis: RedisDep,
     settings: SettingsDep,
     tasks: TasksDep,
+    caller: CallerDep,
 ) -> ScheduleOut:
     """Change a schedule: enable or disable it, its cron, time zone, params, priority, retries, name."""
     _check_id(schedule_id)
@@ -157,15 +169,18 @@ def update_schedule(
         tasks=tasks,
         schedule_id=schedule_id,
         changes=schedules.ScheduleChanges(**body.model_dump(exclude_none=True)),
+        tenant_id=caller.scope,
     )
     return _out(row)
 
 
 @router.delete("/{schedule_id}", status_code=status.HTTP_204_NO_CONTENT, responses=ERRORS)
-def delete_schedule(schedule_id: ScheduleId, session: SessionDep, redis: RedisDep) -> Response:
+def delete_schedule(
+    schedule_id: ScheduleId, session: SessionDep, redis: RedisDep, caller: CallerDep
+) -> Response:
     """Delete a schedule; it fires no more. The jobs it fired stay."""
     _check_id(schedule_id)
-    schedules.delete_schedule(session=session, redis=redis, schedule_id=schedule_id)
+    schedules.delete_schedule(session=session, redis=redis, schedule_id=schedule_id, tenant_id=caller.scope)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -179,11 +194,17 @@ def run_schedule(
     redis: RedisDep,
     settings: SettingsDep,
     tasks: TasksDep,
+    caller: CallerDep,
 ) -> JobOut:
     """Fire a schedule now (enabled or not) as a new job; its cron times stay as they are."""
     _check_id(schedule_id)
     job = schedules.run_now(
-        session=session, redis=redis, settings=settings, tasks=tasks, schedule_id=schedule_id
+        session=session,
+        redis=redis,
+        settings=settings,
+        tasks=tasks,
+        schedule_id=schedule_id,
+        tenant_id=caller.scope,
     )
     response.headers["Location"] = f"/api/v1/jobs/{job.id}"
     return JobOut.model_validate(job)
@@ -195,12 +216,17 @@ def list_schedule_jobs(
     session: SessionDep,
     redis: RedisDep,
     settings: SettingsDep,
+    caller: CallerDep,
     limit: Annotated[int, Query(ge=1)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> JobPage:
     """List the jobs a schedule has fired, newest first, one page at a time."""
     _check_id(schedule_id)
     rows, next_cursor = schedules.list_schedule_jobs(
-        session=session, schedule_id=schedule_id, limit=min(limit, settings.list_limit_max), cursor=cursor
+        session=session,
+        schedule_id=schedule_id,
+        limit=min(limit, settings.list_limit_max),
+        cursor=cursor,
+        tenant_id=caller.scope,
     )
     return JobPage(items=with_estimates(session, redis, rows), next_cursor=next_cursor)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
+from backend.api.auth import get_caller
 from backend.api.deps import SettingsDep, TasksDep
 from backend.schemas import TaskOut
 
-router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
+router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"], dependencies=[Depends(get_caller)])
 
 
 @router.get("", response_model=list[TaskOut])

@@ -13,12 +13,14 @@ from backend.main import create_app
 
 
 @pytest.fixture
-def api_factory(make_settings: Any, redis_url: str) -> Iterator[Callable[..., TestClient]]:
+def api_factory(
+    make_settings: Any, redis_url: str, auth_headers: dict[str, str]
+) -> Iterator[Callable[..., TestClient]]:
     """Builds the API on the test database and the private Redis, with settings overridden."""
     with ExitStack() as stack:
 
         def build(**overrides: Any) -> TestClient:
             app = create_app(make_settings(redis_url, **overrides))
-            return stack.enter_context(TestClient(app))
+            return stack.enter_context(TestClient(app, headers=auth_headers))
 
         yield build

@@ -150,8 +150,12 @@ def test_batch_items_may_wait_on_earlier_items_of_the_same_batch(
     }
 
 
-def test_with_redis_down_a_batch_answers_503_and_every_row_is_failed(make_settings: Any) -> None:
-    with TestClient(create_app(make_settings(), redis=make_redis("redis://127.0.0.1:1/0"))) as client:
+def test_with_redis_down_a_batch_answers_503_and_every_row_is_failed(
+    make_settings: Any, auth_headers: dict[str, str]
+) -> None:
+    with TestClient(
+        create_app(make_settings(), redis=make_redis("redis://127.0.0.1:1/0")), headers=auth_headers
+    ) as client:
         response = batch(client, {"task": "demo.echo"}, {"task": "demo.echo", "delay_s": 60})
 
         assert response.status_code == 503
@@ -233,8 +237,12 @@ def test_an_expired_key_makes_a_new_job_and_the_old_row_gives_it_up(api: TestCli
     assert keys == {old["id"]: None, new.json()["id"]: "daily"}
 
 
-def test_the_key_lives_for_the_configured_time(make_settings: Any, fake_redis: fakeredis.FakeRedis) -> None:
-    with TestClient(create_app(make_settings(idempotency_ttl_s=3600), redis=fake_redis)) as client:
+def test_the_key_lives_for_the_configured_time(
+    make_settings: Any, fake_redis: fakeredis.FakeRedis, auth_headers: dict[str, str]
+) -> None:
+    with TestClient(
+        create_app(make_settings(idempotency_ttl_s=3600), redis=fake_redis), headers=auth_headers
+    ) as client:
         before = utcnow()
         client.post("/api/v1/jobs", json={"task": "demo.echo"}, headers={"Idempotency-Key": "k"})
         with client.app.state.lanes.sessions() as session:  # type: ignore[attr-defined]
@@ -244,12 +252,16 @@ def test_the_key_lives_for_the_configured_time(make_settings: Any, fake_redis: f
 
 
 def test_a_key_whose_job_redis_refused_is_free_again(
-    make_settings: Any, fake_redis: fakeredis.FakeRedis
+    make_settings: Any,
+    fake_redis: fakeredis.FakeRedis,
+    auth_headers: dict[str, str],
 ) -> None:
     headers = {"Idempotency-Key": "retry-me"}
-    with TestClient(create_app(make_settings(), redis=make_redis("redis://127.0.0.1:1/0"))) as client:
+    with TestClient(
+        create_app(make_settings(), redis=make_redis("redis://127.0.0.1:1/0")), headers=auth_headers
+    ) as client:
         assert client.post("/api/v1/jobs", json={"task": "demo.echo"}, headers=headers).status_code == 503
-    with TestClient(create_app(make_settings(), redis=fake_redis)) as client:
+    with TestClient(create_app(make_settings(), redis=fake_redis), headers=auth_headers) as client:
         response = client.post("/api/v1/jobs", json={"task": "demo.echo"}, headers=headers)
 
         assert response.status_code == 202 and "idempotent-replayed" not in response.headers

@@ -332,11 +332,11 @@ def test_a_dependency_that_fails_while_the_dependent_is_submitted_still_cancels_
     real_statuses = dependencies.statuses_of
     calls = 0
 
-    def stale_first(session: Session, job_ids: Any) -> dict[str, JobStatus]:
+    def stale_first(session: Session, job_ids: Any, tenant_id: str | None = None) -> dict[str, JobStatus]:
         # The submit's check still sees the parent running; it fails before the row is committed.
         nonlocal calls
         calls += 1
-        found = real_statuses(session, job_ids)
+        found = real_statuses(session, job_ids, tenant_id)
         return {job_id: JobStatus.STARTED for job_id in found} if calls == 1 else found
 
     monkeypatch.setattr(dependencies, "statuses_of", stale_first)

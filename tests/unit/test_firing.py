@@ -443,3 +443,14 @@ def test_many_due_schedules_fire_in_chunks_each_committed_and_enqueued_before_th
 
     assert seen == [2, 4, 5]
     assert sorted(report.fired) == sorted(firing_job_id(schedule_id, DUE) for schedule_id in ids)
+
+
+def test_a_firing_belongs_to_the_schedules_tenant(
+    sessions: sessionmaker[Session], redis: Redis, settings: Settings
+) -> None:
+    schedule = a_schedule(sessions, redis, settings, tenant_id="t-alice")
+    make_due(sessions, redis, schedule.id)
+
+    fire(sessions, redis, settings, schedule.id, now=DUE)
+
+    assert [row.tenant_id for row in fired_rows(sessions, schedule.id)] == ["t-alice"]

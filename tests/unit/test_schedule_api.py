@@ -149,9 +149,12 @@ def test_health_needs_a_scheduler_only_where_schedules_are_enabled(
 
 
 def test_a_change_redis_refuses_is_kept_in_sql_and_written_by_the_next_sync(
-    make_settings: Any, database_url: str, redis: Redis
+    make_settings: Any,
+    database_url: str,
+    redis: Redis,
+    auth_headers: dict[str, str],
 ) -> None:
-    with TestClient(create_app(make_settings("redis://127.0.0.1:1/0"))) as no_redis:
+    with TestClient(create_app(make_settings("redis://127.0.0.1:1/0")), headers=auth_headers) as no_redis:
         response = no_redis.post(
             SCHEDULES, json={"name": "n", "task": "demo.echo", "params": {}, "cron": "*/5 * * * *"}
         )

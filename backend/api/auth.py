@@ -1,0 +1,70 @@
+"""Who is calling: the API key of a request, as a `Caller` the routes scope their queries with.
+
+Every `/api/v1` route but health asks for a key, as `Authorization: Bearer <key>` or
+`X-API-Key: <key>`. A missing, malformed, unknown or revoked key gets the same 401, with no hint
+which. An admin key of the operator's tenant (`LANES_OPERATOR_TENANT`) is a platform admin and sees
+every tenant; any other key sees its own tenant only, and another tenant's job or schedule is 404.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from backend import tenants
+from backend.api.deps import SessionDep, SettingsDep
+from backend.enums import Role
+from backend.errors import Unauthorized
+from backend.models import TenantRow
+
+UNAUTHORIZED = "a valid API key is required: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The tenant and role a request acts for."""
+
+    tenant_id: str
+    tenant_name: str
+    role: Role
+    key_prefix: str
+    platform_admin: bool
+
+    @property
+    def scope(self) -> str | None:
+        """The tenant id every query is limited to; None for a platform admin, who sees all."""
+        return None if self.platform_admin else self.tenant_id
+
+    @property
+    def label(self) -> str:
+        """How the caller is recorded (`cancelled_by`, `created_by`)."""
+        return f"{self.tenant_name}:{tenants.KEY_PREFIX}_{self.key_prefix}"
+
+
+def presented_key(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is not None:
+        scheme, _, value = header.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" else None
+    return request.headers.get("x-api-key")
+
+
+def get_caller(request: Request, session: SessionDep, settings: SettingsDep) -> Caller:
+    key = presented_key(request)
+    row = tenants.verify_key(session=session, key=key) if key else None
+    tenant = session.get(TenantRow, row.tenant_id) if row is not None else None
+    if row is None or tenant is None:
+        raise Unauthorized(UNAUTHORIZED)
+    role = Role(row.role)
+    return Caller(
+        tenant_id=tenant.id,
+        tenant_name=tenant.name,
+        role=role,
+        key_prefix=row.prefix,
+        platform_admin=tenant.name == settings.operator_tenant and role == Role.ADMIN,
+    )
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
