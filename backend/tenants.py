@@ -65,6 +65,14 @@ def create_tenant(*, session: Session, name: str, plan: Plan = Plan.FREE) -> Ten
     return row
 
 
+def ensure_tenant(*, session: Session, name: str, plan: Plan) -> TenantRow:
+    """The tenant called `name`, made on the `plan` if it does not exist yet."""
+    try:
+        return get_tenant(session=session, name_or_id=name)
+    except NotFound:
+        return create_tenant(session=session, name=name, plan=plan)
+
+
 def get_tenant(*, session: Session, name_or_id: str) -> TenantRow:
     row = session.scalar(
         select(TenantRow).where((TenantRow.name == name_or_id) | (TenantRow.id == name_or_id))

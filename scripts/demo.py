@@ -28,7 +28,6 @@ from backend.config import get_settings
 from backend.db import make_engine, make_sessionmaker
 from backend.devredis import RedisServer, answers
 from backend.enums import Plan, Role
-from backend.errors import NotFound
 from backend.migrate import upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,10 +107,7 @@ class Demo:
         engine = make_engine(self.settings.database_url)
         try:
             with make_sessionmaker(engine)() as session:
-                try:
-                    tenant = tenants.get_tenant(session=session, name_or_id=DEMO_TENANT)
-                except NotFound:
-                    tenant = tenants.create_tenant(session=session, name=DEMO_TENANT, plan=Plan.UNLIMITED)
+                tenant = tenants.ensure_tenant(session=session, name=DEMO_TENANT, plan=Plan.UNLIMITED)
                 return tenants.create_key(
                     session=session, tenant=tenant, role=Role.ADMIN, name="make demo"
                 ).secret

@@ -27,7 +27,6 @@ from backend.config import Settings
 from backend.db import make_engine, make_sessionmaker
 from backend.devredis import RedisServer
 from backend.enums import Plan, Role
-from backend.errors import NotFound
 from backend.main import create_app
 from backend.migrate import upgrade
 from tests.helpers import SchedulerFactory, WorkerFactory
@@ -154,10 +153,7 @@ def tenant_key(database_url: str, name: str, *, role: Role = Role.ADMIN) -> str:
     engine = make_engine(database_url)
     try:
         with make_sessionmaker(engine)() as session:
-            try:
-                tenant = tenants.get_tenant(session=session, name_or_id=name)
-            except NotFound:
-                tenant = tenants.create_tenant(session=session, name=name, plan=Plan.UNLIMITED)
+            tenant = tenants.ensure_tenant(session=session, name=name, plan=Plan.UNLIMITED)
             return tenants.create_key(session=session, tenant=tenant, role=role).secret
     finally:
         engine.dispose()

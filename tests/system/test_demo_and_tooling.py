@@ -39,6 +39,9 @@ def test_the_demo_runs_the_platform_and_every_example_job_ends_as_expected(
     assert "Lanes is running." in out and "/api/v1/jobs" in out and "/docs" in out
     assert re.search(r"schedule +http://\S+/api/v1/schedules/[0-9a-f]{32} ", out), out
     assert "• scheduler: pid" in out
+    assert re.search(
+        r"API key of tenant 'demo' \(unlimited plan\), made for this demo: lanes_[0-9a-f]{12}_\S{43}\n", out
+    )
     assert "demo.flaky  normal succeeded 100% attempt 2" in out
     assert "demo.fail   low    failed" in out
     assert "stopped everything the demo started" in out
