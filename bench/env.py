@@ -24,7 +24,10 @@ from typing import TypeVar
 
 from redis import Redis
 
+from backend import tenants
+from backend.db import make_engine, make_sessionmaker
 from backend.devredis import RedisServer
+from backend.enums import Plan, Role
 from backend.migrate import upgrade
 
 T = TypeVar("T")
@@ -147,10 +150,6 @@ class BenchEnv:
     def api_headers(self) -> dict[str, str]:
         """An API key of a `bench` tenant (unlimited plan), made once, as request headers."""
         if self._api_key is None:
-            from backend import tenants
-            from backend.db import make_engine, make_sessionmaker
-            from backend.enums import Plan, Role
-
             engine = make_engine(self.database_url)
             with make_sessionmaker(engine)() as session:
                 tenant = tenants.create_tenant(session=session, name="bench", plan=Plan.UNLIMITED)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -166,18 +166,26 @@ def auth_headers(database_url: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def api(
-    make_settings: Any, fake_redis: fakeredis.FakeRedis, auth_headers: dict[str, str]
-) -> Iterator[TestClient]:
+def make_client(auth_headers: dict[str, str]) -> Callable[..., TestClient]:
+    """`make_client(settings, redis=None)`: a client of the API for `settings`, as a platform admin."""
+
+    def build(settings: Settings, *, redis: Redis | None = None) -> TestClient:
+        return TestClient(create_app(settings, redis=redis), headers=auth_headers)
+
+    return build
+
+
+@pytest.fixture
+def api(make_settings: Any, fake_redis: fakeredis.FakeRedis, make_client: Any) -> Iterator[TestClient]:
     """The API on the test database and fakeredis, called as a platform admin: fast HTTP tests."""
-    with TestClient(create_app(make_settings(), redis=fake_redis), headers=auth_headers) as client:
+    with make_client(make_settings(), redis=fake_redis) as client:
         yield client
 
 
 @pytest.fixture
-def live_api(make_settings: Any, redis_url: str, auth_headers: dict[str, str]) -> Iterator[TestClient]:
+def live_api(make_settings: Any, redis_url: str, make_client: Any) -> Iterator[TestClient]:
     """The API on the test database and the private real Redis, called as a platform admin."""
-    with TestClient(create_app(make_settings(redis_url, retry_base_s=1)), headers=auth_headers) as client:
+    with make_client(make_settings(redis_url, retry_base_s=1)) as client:
         yield client
 
 

@@ -9,18 +9,14 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.main import create_app
-
 
 @pytest.fixture
-def api_factory(
-    make_settings: Any, redis_url: str, auth_headers: dict[str, str]
-) -> Iterator[Callable[..., TestClient]]:
+def api_factory(make_settings: Any, redis_url: str, make_client: Any) -> Iterator[Callable[..., TestClient]]:
     """Builds the API on the test database and the private Redis, with settings overridden."""
     with ExitStack() as stack:
 
         def build(**overrides: Any) -> TestClient:
-            app = create_app(make_settings(redis_url, **overrides))
-            return stack.enter_context(TestClient(app, headers=auth_headers))
+            client: TestClient = stack.enter_context(make_client(make_settings(redis_url, **overrides)))
+            return client
 
         yield build

@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session
 from backend import idempotency, jobs
 from backend.config import Settings
 from backend.db import make_engine, make_sessionmaker, utcnow
-from backend.main import create_app
 from backend.models import JobRow
 from backend.queues import make_redis
 from backend.tasks import registry
@@ -151,11 +150,9 @@ def test_batch_items_may_wait_on_earlier_items_of_the_same_batch(
 
 
 def test_with_redis_down_a_batch_answers_503_and_every_row_is_failed(
-    make_settings: Any, auth_headers: dict[str, str]
+    make_settings: Any, make_client: Any
 ) -> None:
-    with TestClient(
-        create_app(make_settings(), redis=make_redis("redis://127.0.0.1:1/0")), headers=auth_headers
-    ) as client:
+    with make_client(make_settings(), redis=make_redis("redis://127.0.0.1:1/0")) as client:
         response = batch(client, {"task": "demo.echo"}, {"task": "demo.echo", "delay_s": 60})
 
         assert response.status_code == 503
@@ -238,11 +235,9 @@ def test_an_expired_key_makes_a_new_job_and_the_old_row_gives_it_up(api: TestCli
 
 
 def test_the_key_lives_for_the_configured_time(
-    make_settings: Any, fake_redis: fakeredis.FakeRedis, auth_headers: dict[str, str]
+    make_settings: Any, fake_redis: fakeredis.FakeRedis, make_client: Any
 ) -> None:
-    with TestClient(
-        create_app(make_settings(idempotency_ttl_s=3600), redis=fake_redis), headers=auth_headers
-    ) as client:
+    with make_client(make_settings(idempotency_ttl_s=3600), redis=fake_redis) as client:
         before = utcnow()
         client.post("/api/v1/jobs", json={"task": "demo.echo"}, headers={"Idempotency-Key": "k"})
         with client.app.state.lanes.sessions() as session:  # type: ignore[attr-defined]
@@ -254,14 +249,12 @@ def test_the_key_lives_for_the_configured_time(
 def test_a_key_whose_job_redis_refused_is_free_again(
     make_settings: Any,
     fake_redis: fakeredis.FakeRedis,
-    auth_headers: dict[str, str],
+    make_client: Any,
 ) -> None:
     headers = {"Idempotency-Key": "retry-me"}
-    with TestClient(
-        create_app(make_settings(), redis=make_redis("redis://127.0.0.1:1/0")), headers=auth_headers
-    ) as client:
+    with make_client(make_settings(), redis=make_redis("redis://127.0.0.1:1/0")) as client:
         assert client.post("/api/v1/jobs", json={"task": "demo.echo"}, headers=headers).status_code == 503
-    with TestClient(create_app(make_settings(), redis=fake_redis), headers=auth_headers) as client:
+    with make_client(make_settings(), redis=fake_redis) as client:
         response = client.post("/api/v1/jobs", json={"task": "demo.echo"}, headers=headers)
 
         assert response.status_code == 202 and "idempotent-replayed" not in response.headers

@@ -12,7 +12,6 @@ from redis import Redis
 from rq_scheduler.utils import to_unix
 
 from backend.db import make_engine, make_sessionmaker, utcnow
-from backend.main import create_app
 from backend.schedule_entries import ENTRIES_KEY, entry_id, sync_entries
 
 SCHEDULES = "/api/v1/schedules"
@@ -152,9 +151,9 @@ def test_a_change_redis_refuses_is_kept_in_sql_and_written_by_the_next_sync(
     make_settings: Any,
     database_url: str,
     redis: Redis,
-    auth_headers: dict[str, str],
+    make_client: Any,
 ) -> None:
-    with TestClient(create_app(make_settings("redis://127.0.0.1:1/0")), headers=auth_headers) as no_redis:
+    with make_client(make_settings("redis://127.0.0.1:1/0")) as no_redis:
         response = no_redis.post(
             SCHEDULES, json={"name": "n", "task": "demo.echo", "params": {}, "cron": "*/5 * * * *"}
         )

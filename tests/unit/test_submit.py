@@ -160,10 +160,10 @@ def test_a_nul_character_in_params_is_stored_and_returned_intact(api: TestClient
 
 def test_with_redis_down_a_submit_answers_503_and_leaves_no_row_claiming_to_be_queued(
     make_settings: Any,
-    auth_headers: dict[str, str],
+    make_client: Any,
 ) -> None:
     dead_redis = make_redis("redis://127.0.0.1:1/0")
-    with TestClient(create_app(make_settings(), redis=dead_redis), headers=auth_headers) as client:
+    with make_client(make_settings(), redis=dead_redis) as client:
         response = client.post("/api/v1/jobs", json={"task": "demo.echo"})
 
         assert response.status_code == 503
@@ -176,14 +176,12 @@ def test_with_redis_down_a_submit_answers_503_and_leaves_no_row_claiming_to_be_q
 def test_with_redis_down_existing_jobs_still_answer_from_sql(
     make_settings: Any,
     fake_redis: fakeredis.FakeRedis,
-    auth_headers: dict[str, str],
+    make_client: Any,
 ) -> None:
-    with TestClient(create_app(make_settings(), redis=fake_redis), headers=auth_headers) as client:
+    with make_client(make_settings(), redis=fake_redis) as client:
         job_id = client.post("/api/v1/jobs", json={"task": "demo.echo"}).json()["id"]
 
-    with TestClient(
-        create_app(make_settings(), redis=make_redis("redis://127.0.0.1:1/0")), headers=auth_headers
-    ) as client:
+    with make_client(make_settings(), redis=make_redis("redis://127.0.0.1:1/0")) as client:
         assert client.get(f"/api/v1/jobs/{job_id}").status_code == 200
         assert client.get("/api/v1/jobs").json()["items"][0]["id"] == job_id
         assert client.get("/api/v1/jobs/stats").json()["total"] == 1
@@ -219,11 +217,9 @@ def test_with_the_database_down_the_api_answers_503(fake_redis: fakeredis.FakeRe
 
 
 def test_the_retry_ceiling_follows_the_setting(
-    make_settings: Any, fake_redis: fakeredis.FakeRedis, auth_headers: dict[str, str]
+    make_settings: Any, fake_redis: fakeredis.FakeRedis, make_client: Any
 ) -> None:
-    with TestClient(
-        create_app(make_settings(max_retries_limit=40), redis=fake_redis), headers=auth_headers
-    ) as client:
+    with make_client(make_settings(max_retries_limit=40), redis=fake_redis) as client:
         assert client.post("/api/v1/jobs", json={"task": "demo.echo", "max_retries": 30}).status_code == 202
         refused = client.post("/api/v1/jobs", json={"task": "demo.echo", "max_retries": 41})
         assert refused.status_code == 422 and refused.json()["code"] == "invalid_max_retries"
