@@ -7,8 +7,10 @@ built here; each process builds its own from these values (see `backend.db` and 
 from __future__ import annotations
 
 from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network, ip_network
 
-from pydantic import AliasChoices, Field
+from limits import parse_many
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -82,6 +84,28 @@ class Settings(BaseSettings):
         default="operator", description="The platform operator's tenant: its admin keys see every tenant."
     )
 
+    rate_limit_enabled: bool = Field(
+        default=True, description="Limit how often each tenant may call the API (LANES_RATE_LIMIT_*)."
+    )
+    rate_limit_submit: str = Field(
+        default="10/minute", description="Submits (POST /jobs, a schedule's run) a tenant may make."
+    )
+    rate_limit_batch: str = Field(default="5/minute", description="Batch submits a tenant may make.")
+    rate_limit_default: str = Field(
+        default="100/minute", description="Every other call a tenant (or an unauthenticated IP) may make."
+    )
+    trusted_proxies: str = Field(
+        default="",
+        description="Comma-separated addresses or networks whose X-Forwarded-For names the client.",
+    )
+
+    quota_free_daily: int = Field(default=1, ge=0, description="Jobs a day on the free plan.")
+    quota_free_monthly: int = Field(default=30, ge=0, description="Jobs a month on the free plan.")
+    quota_pro_daily: int = Field(default=10, ge=0, description="Jobs a day on the pro plan.")
+    quota_pro_monthly: int = Field(default=100, ge=0, description="Jobs a month on the pro plan.")
+    quota_elite_daily: int = Field(default=20, ge=0, description="Jobs a day on the elite plan.")
+    quota_elite_monthly: int = Field(default=500, ge=0, description="Jobs a month on the elite plan.")
+
     api_host: str = Field(default="127.0.0.1", description="Address `make api` listens on.")
     api_port: int = Field(
         default=8000, ge=1, le=65535, description="Port `make api` and `make demo` listen on."
@@ -92,6 +116,28 @@ class Settings(BaseSettings):
 
     def task_module_names(self) -> list[str]:
         return [name.strip() for name in self.task_modules.split(",") if name.strip()]
+
+    def trusted_proxy_networks(self) -> list[IPv4Network | IPv6Network]:
+        """`trusted_proxies` as networks (a bare address is a network of one)."""
+        parts = [part.strip() for part in self.trusted_proxies.split(",")]
+        return [ip_network(part, strict=False) for part in parts if part]
+
+    @field_validator("rate_limit_submit", "rate_limit_batch", "rate_limit_default")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        try:
+            parse_many(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a rate limit like '10/minute' or '100 per hour'") from exc
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip():
+                ip_network(part.strip(), strict=False)  # ValueError names the bad one
+        return value
 
 
 @lru_cache

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from redis import Redis
@@ -33,11 +34,11 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from backend import dependencies, mirror
+from backend import dependencies, mirror, quotas
 from backend.config import Settings
 from backend.db import utcnow
 from backend.enums import TERMINAL_STATUSES, JobStatus, Priority
-from backend.errors import BackendUnavailable, Conflict, NotFound
+from backend.errors import BackendUnavailable, Conflict, NotFound, QuotaExceeded
 from backend.jobs import enqueue_row, get_job
 from backend.models import JobRow
 from backend.queues import CANCEL_FLAG_TTL_S, LanesJob, cancel_flag_key
@@ -241,12 +242,20 @@ def cancel_many(*, session: Session, redis: Redis, selection: Selection, by: str
 
 
 def requeue_job(
-    *, session: Session, redis: Redis, settings: Settings, job_id: str, tenant_id: str | None = None
+    *,
+    session: Session,
+    redis: Redis,
+    settings: Settings,
+    job_id: str,
+    tenant_id: str | None = None,
+    now: datetime | None = None,
 ) -> JobRow:
     """Run a failed or cancelled job again under the same id; attempts continue.
 
+    A retry asked for is a new run: it takes a quota credit from the job's tenant, at `now`.
     Raises NotFound, Conflict (code `not_requeueable`) unless the job is failed or cancelled,
-    and BackendUnavailable when Redis refuses (the row then says why, and stays requeueable).
+    QuotaExceeded when the job's tenant has no credit left, and BackendUnavailable when Redis
+    refuses (the row then says why, and stays requeueable; the credit is given back).
     """
     row = get_job(session=session, job_id=job_id, tenant_id=tenant_id)
     if row.status not in {s.value for s in REQUEUEABLE}:
@@ -257,7 +266,7 @@ def requeue_job(
             },
             code="not_requeueable",
         )
-    now = utcnow()
+    now = now or utcnow()
     waits = bool(row.depends_on) or (row.run_at is not None and row.run_at > now)
     moved = session.execute(
         update(JobRow)
@@ -279,6 +288,11 @@ def requeue_job(
         )
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
+    charge = (
+        quotas.take(session=session, settings=settings, tenant_id=row.tenant_id, jobs=1, now=now)
+        if moved
+        else None
+    )
     session.commit()
     if not moved:
         raise Conflict(
@@ -289,7 +303,7 @@ def requeue_job(
         _forget_in_rq(redis, job_id)
         enqueue_row(redis=redis, settings=settings, row=row)
     except RedisError as exc:
-        _mark_requeue_failed(session, row, f"not requeued: Redis unavailable ({type(exc).__name__})")
+        _mark_requeue_failed(session, row, f"not requeued: Redis unavailable ({type(exc).__name__})", charge)
         raise BackendUnavailable(
             "Redis is unavailable; the job was not requeued", code="redis_unavailable"
         ) from exc
@@ -303,7 +317,8 @@ def _forget_in_rq(redis: Redis, job_id: str) -> None:
         LanesJob.fetch(job_id, connection=redis).delete(remove_from_queue=True)
 
 
-def _mark_requeue_failed(session: Session, row: JobRow, reason: str) -> None:
+def _mark_requeue_failed(session: Session, row: JobRow, reason: str, charge: quotas.Charge | None) -> None:
+    """The requeue Redis refused: the row is `failed` again, saying why, and the credit goes back."""
     try:
         mirror.advance(
             session,
@@ -313,22 +328,35 @@ def _mark_requeue_failed(session: Session, row: JobRow, reason: str) -> None:
             epoch=row.epoch,
             values={"error": reason, "finished_at": utcnow()},
         )
+        quotas.give_back(session=session, charge=charge)
         session.commit()
     except Exception:
         session.rollback()
         log.exception("job %s: could not record that the requeue failed", row.id)
 
 
-def requeue_many(*, session: Session, redis: Redis, settings: Settings, selection: Selection) -> BulkReport:
-    """Requeue each selected failed (by default) or cancelled job: the dead letter, drained on purpose."""
+def requeue_many(
+    *, session: Session, redis: Redis, settings: Settings, selection: Selection, now: datetime | None = None
+) -> BulkReport:
+    """Requeue each selected failed (by default) or cancelled job: the dead letter, drained on purpose.
+
+    Each takes a quota credit from its tenant; a job whose tenant has none left is refused ("over quota").
+    """
     default = (JobStatus.FAILED,) if selection.status is None else REQUEUEABLE
     ids = selection.ids if selection.ids is not None else select_ids(session, selection, statuses=default)
     report = BulkReport()
     for job_id in dict.fromkeys(ids):
         try:
             requeue_job(
-                session=session, redis=redis, settings=settings, job_id=job_id, tenant_id=selection.tenant_id
+                session=session,
+                redis=redis,
+                settings=settings,
+                job_id=job_id,
+                tenant_id=selection.tenant_id,
+                now=now,
             )
+        except QuotaExceeded:
+            report.refused.append({"id": job_id, "reason": "over quota"})
         except NotFound:
             report.refused.append({"id": job_id, "reason": "not found"})
         except Conflict as exc:

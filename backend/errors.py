@@ -2,16 +2,20 @@
 
     AppError
     ├── Unauthorized         401  unauthorized
+    ├── Forbidden            403  forbidden (a platform admin's route)
     ├── NotFound             404  job_not_found
     ├── Conflict             409
     ├── InvalidInput         422  invalid_params, invalid_priority, invalid_max_retries, …
     │   └── UnknownTask      422  unknown_task
     ├── BadRequest           400  malformed_json, invalid_json_constant, too_deep …
     ├── PayloadTooLarge      413  body_too_large
+    ├── RateLimited          429  rate_limited (with Retry-After)
+    ├── QuotaExceeded        429  quota_exceeded (with Retry-After and `credits`)
     └── BackendUnavailable   503  redis_unavailable, database_unavailable
 
 They are turned into HTTP answers in one place, `backend.api.errors`, always as
-`{"detail": ..., "code": ...}`. Domain code raises these, never `HTTPException`.
+`{"detail": ..., "code": ...}` (plus the error's `extra` fields, and its `headers`). Domain code
+raises these, never `HTTPException`.
 """
 
 from __future__ import annotations
@@ -24,10 +28,16 @@ class AppError(Exception):
 
     status_code = 500
     code = "internal_error"
+    #: More top-level fields of the answer's body, beside `detail` and `code`.
+    extra: dict[str, Any]
+    #: Headers of the answer (`Retry-After`).
+    headers: dict[str, str]
 
     def __init__(self, detail: Any, *, code: str | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.extra = {}
+        self.headers = {}
         if code is not None:
             self.code = code
 
@@ -37,6 +47,13 @@ class Unauthorized(AppError):
 
     status_code = 401
     code = "unauthorized"
+
+
+class Forbidden(AppError):
+    """Raised when a valid key asks for what only a platform admin may see or do."""
+
+    status_code = 403
+    code = "forbidden"
 
 
 class NotFound(AppError):
@@ -72,6 +89,29 @@ class PayloadTooLarge(AppError):
 
     status_code = 413
     code = "body_too_large"
+
+
+class RateLimited(AppError):
+    """Raised when a tenant (or an unauthenticated client) calls more often than its rate limit."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, *, retry_after_s: int) -> None:
+        super().__init__(f"Rate limit exceeded. Retry after {retry_after_s} seconds.")
+        self.headers = {"Retry-After": str(retry_after_s)}
+
+
+class QuotaExceeded(AppError):
+    """Raised when a submit would take more jobs than the tenant's daily or monthly quota leaves."""
+
+    status_code = 429
+    code = "quota_exceeded"
+
+    def __init__(self, detail: str, *, credits: dict[str, Any], retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.extra = {"credits": credits}
+        self.headers = {"Retry-After": str(retry_after_s)}
 
 
 class BackendUnavailable(AppError):

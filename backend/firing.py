@@ -19,6 +19,11 @@ stay `queued` and the reconciler (which the daemon runs every `LANES_RECONCILE_I
 them on their queues once `LANES_RECONCILE_GRACE_S` has passed: a firing is late, never lost.
 A schedule whose task or params no longer validate fires a `failed` row with the reason, so the
 failure shows in the schedule's jobs, and moves on to its next time.
+
+Each firing takes a quota credit from the schedule's tenant (`backend.quotas`), in the firing's
+transaction. A tenant out of credits has its firings recorded as `cancelled` rows (by `quota`,
+with the reason as their error) that never reach a queue: a skipped firing shows in the
+schedule's jobs, and the schedule moves on to its next time.
 """
 
 from __future__ import annotations
@@ -32,12 +37,12 @@ from datetime import UTC, datetime
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from backend import quotas
 from backend.config import Settings
 from backend.cron import next_fire_times, next_run_at
+from backend.db import upsert
 from backend.enqueue import enqueue_rows
 from backend.enums import JobStatus, Priority
 from backend.errors import InvalidInput
@@ -75,6 +80,8 @@ class FireReport:
     refused: list[str] = field(default_factory=list)
     #: Job ids committed but not put on a queue (Redis refused): the reconciler enqueues them.
     not_enqueued: list[str] = field(default_factory=list)
+    #: Job ids of firings recorded `cancelled`, because their tenant had no quota left.
+    skipped: list[str] = field(default_factory=list)
 
 
 def fire_due(
@@ -163,7 +170,6 @@ def _fire_chunk(
                 report.taken.append(row.id)
     jobs = [_firing(settings, tasks, row, due=row.next_run_at, now=now) for row in won if row.next_run_at]
     inserted = _insert_new(session, jobs)
-    session.commit()
     queued: list[JobRow] = []
     for job in jobs:
         if job.id not in inserted:
@@ -172,6 +178,10 @@ def _fire_chunk(
             report.refused.append(job.id)
         else:
             queued.append(job)
+    skipped = _charge(session, settings, queued, now)
+    session.commit()
+    report.skipped.extend(job.id for job in skipped)
+    queued = [job for job in queued if job.id not in set(report.skipped)]
     if queued:
         try:
             enqueue_rows(redis=redis, settings=settings, rows=queued, succeeded=None)
@@ -185,15 +195,53 @@ def _fire_chunk(
         log.info("schedule %s fired job %s (%s) on %s", job.schedule_id, job.id, job.task, job.queue)
 
 
+def _charge(session: Session, settings: Settings, jobs: Sequence[JobRow], now: datetime) -> list[JobRow]:
+    """Take a credit from each firing's tenant; the firings it had none for, now `cancelled` rows."""
+    by_tenant: dict[str, list[JobRow]] = defaultdict(list)
+    for job in jobs:
+        if job.tenant_id is not None:
+            by_tenant[job.tenant_id].append(job)
+    skipped: list[JobRow] = []
+    for tenant_id, group in by_tenant.items():
+        granted = quotas.take_up_to(
+            session=session, settings=settings, tenant_id=tenant_id, jobs=len(group), now=now
+        )
+        skipped.extend(group[granted:])
+    if not skipped:
+        return []
+    reason = "skipped: the schedule's tenant has no quota left (GET /api/v1/credits)"
+    values = {
+        "status": JobStatus.CANCELLED.value,
+        "cancelled_at": now,
+        "cancelled_by": "quota",
+        "finished_at": now,
+        "error": reason,
+        "updated_at": now,
+    }
+    session.execute(
+        update(JobRow)
+        .where(JobRow.id.in_([job.id for job in skipped]))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    for job in skipped:
+        for name, value in values.items():
+            setattr(job, name, value)
+        log.warning("schedule %s: firing %s skipped, its tenant is over quota", job.schedule_id, job.id)
+    return skipped
+
+
 def _insert_new(session: Session, jobs: Sequence[JobRow]) -> set[str]:
     """Insert the firings' rows in one statement; the ids inserted (an existing id is refused)."""
     if not jobs:
         return set()
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     columns = [column.key for column in JobRow.__table__.columns]
     values = [{name: getattr(job, name) for name in columns} for job in jobs]
     statement = (
-        insert(JobRow).values(values).on_conflict_do_nothing(index_elements=["id"]).returning(JobRow.id)
+        upsert(session, JobRow)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(JobRow.id)
     )
     return set(session.scalars(statement))
 

@@ -2,9 +2,10 @@
 
 Submit order: the SQL rows are committed first (`queued`, or `scheduled` while a job waits for its
 `run_at` or its dependencies), then the jobs are put in Redis in one transaction
-(`backend.enqueue`). If Redis refuses, the rows are marked `failed` with the reason and
-`BackendUnavailable` is raised, so no row claims to be waiting for a job that never reached Redis,
-and no job runs without a row. What each control accepts is in `backend.job_requests`.
+(`backend.enqueue`). If Redis refuses, the rows are marked `failed` with the reason, their quota
+credits are given back, and `BackendUnavailable` is raised, so no row claims to be waiting for a
+job that never reached Redis, and no job runs without a row. The credits are taken in the rows'
+transaction (`backend.quotas`). What each control accepts is in `backend.job_requests`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from redis import Redis
@@ -22,7 +23,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backend import dependencies, idempotency, pages
+from backend import dependencies, idempotency, pages, quotas
 from backend.config import Settings
 from backend.db import utcnow
 from backend.enqueue import enqueue_row as enqueue_row  # re-exported: requeue and the reconciler use it
@@ -64,14 +65,17 @@ def submit(
     request: JobRequest,
     idempotency_key: str | None = None,
     tenant_id: str | None = None,
+    now: datetime | None = None,
 ) -> Submission:
-    """Validate, write the row, enqueue. Raises AppError subclasses.
+    """Validate, take a quota credit, write the row, enqueue. Raises AppError subclasses.
 
     With an `idempotency_key` that a live job already holds, that job comes back (`replayed`) if
     the request is the same, and nothing is written or enqueued; a different request raises
     `Conflict` (`idempotency_conflict`). Of concurrent submits with one key, one makes the job.
-    Keys, dependencies and the new row belong to `tenant_id`.
+    Keys, dependencies, the new row and the credit belong to `tenant_id`; `now` (the clock's time
+    by default) is the row's `created_at` and picks the quota's day and month.
     """
+    now = now or utcnow()
     digest = None
     if idempotency_key is not None:
         idempotency.check_key(idempotency_key)
@@ -79,11 +83,10 @@ def submit(
     try:
         if idempotency_key is not None and digest is not None:
             first = idempotency.find_replay(
-                session=session, key=idempotency_key, digest=digest, now=utcnow(), tenant_id=tenant_id
+                session=session, key=idempotency_key, digest=digest, now=now, tenant_id=tenant_id
             )
             if first is not None:
                 return Submission(first, replayed=True)
-        now = utcnow()
         statuses = dependencies.statuses_of(session, request.depends_on, tenant_id)
         row = new_row(settings, tasks, request, now=now, statuses=statuses, earlier=(), job_id=new_job_id())
         row.tenant_id = tenant_id
@@ -92,6 +95,7 @@ def submit(
             row.idempotency_hash = digest
             row.idempotency_expires_at = now + timedelta(seconds=settings.idempotency_ttl_s)
         session.add(row)
+        charge = quotas.take(session=session, settings=settings, tenant_id=tenant_id, jobs=1, now=now)
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -108,7 +112,7 @@ def submit(
     except BaseException:
         session.rollback()  # nothing half-done (an expired key's release) may be left pending
         raise
-    _enqueue_or_fail(session, redis, settings, [row], statuses)
+    _enqueue_or_fail(session, redis, settings, [row], statuses, charge)
     return Submission(row)
 
 
@@ -136,19 +140,21 @@ def submit_batch(
     tasks: TaskRegistry,
     requests: Sequence[JobRequest],
     tenant_id: str | None = None,
+    now: datetime | None = None,
 ) -> list[JobRow]:
     """Submit up to `MAX_BATCH_JOBS` jobs all or none; their rows, in the order given.
 
     Every request is validated before anything is written; the first bad one raises
     `InvalidInput` (`invalid_batch_item`, detail `{"index", "code", "errors"}`). The rows are
     written in one SQL transaction and the jobs put in Redis in one transaction. A job may wait
-    on earlier jobs of the batch (`depends_on_items`).
+    on earlier jobs of the batch (`depends_on_items`). The batch takes one quota credit a job, all
+    or none (`QuotaExceeded`).
     """
     if not 1 <= len(requests) <= MAX_BATCH_JOBS:
         raise InvalidInput(
             f"a batch holds 1 to {MAX_BATCH_JOBS} jobs, not {len(requests)}", code="invalid_jobs"
         )
-    now = utcnow()
+    now = now or utcnow()
     statuses = dependencies.statuses_of(
         session, (d for request in requests for d in request.depends_on), tenant_id
     )
@@ -164,22 +170,33 @@ def submit_batch(
             ) from exc
         row.tenant_id = tenant_id
         rows.append(row)
-    session.add_all(rows)
-    session.commit()
-    _enqueue_or_fail(session, redis, settings, rows, statuses)
+    try:
+        session.add_all(rows)
+        charge = quotas.take(session=session, settings=settings, tenant_id=tenant_id, jobs=len(rows), now=now)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    _enqueue_or_fail(session, redis, settings, rows, statuses, charge)
     return rows
 
 
 def _enqueue_or_fail(
-    session: Session, redis: Redis, settings: Settings, rows: list[JobRow], statuses: dict[str, JobStatus]
+    session: Session,
+    redis: Redis,
+    settings: Settings,
+    rows: list[JobRow],
+    statuses: dict[str, JobStatus],
+    charge: quotas.Charge | None,
 ) -> None:
-    """Put committed rows' jobs in Redis, or mark them failed and raise `BackendUnavailable`."""
+    """Put committed rows' jobs in Redis, or mark them failed, give their credits back and raise
+    `BackendUnavailable`."""
     succeeded = {job_id for job_id, status in statuses.items() if status == JobStatus.SUCCEEDED}
     try:
         enqueue_rows(redis=redis, settings=settings, rows=rows, succeeded=succeeded)
     except RedisError as exc:
         log.warning("%d job(s) not enqueued, Redis refused: %s", len(rows), exc)
-        _mark_not_enqueued(session, rows, f"not enqueued: Redis unavailable ({type(exc).__name__})")
+        _mark_not_enqueued(session, rows, f"not enqueued: Redis unavailable ({type(exc).__name__})", charge)
         raise BackendUnavailable(
             "Redis is unavailable; the job was not queued"
             if len(rows) == 1
@@ -211,8 +228,10 @@ def _cancel_if_dependency_ended(session: Session, redis: Redis, rows: list[JobRo
         log.exception("could not check the dependencies of %d new job(s) again", len(rows))
 
 
-def _mark_not_enqueued(session: Session, rows: Sequence[JobRow], reason: str) -> None:
-    """Rows whose jobs Redis refused become `failed`, and give up their idempotency keys."""
+def _mark_not_enqueued(
+    session: Session, rows: Sequence[JobRow], reason: str, charge: quotas.Charge | None
+) -> None:
+    """Rows whose jobs Redis refused become `failed`, give up their idempotency keys and their credits."""
     now = utcnow()
     ids = [row.id for row in rows]
     try:
@@ -232,6 +251,7 @@ def _mark_not_enqueued(session: Session, rows: Sequence[JobRow], reason: str) ->
                 )
                 .execution_options(synchronize_session=False)
             )
+        quotas.give_back(session=session, charge=charge)
         session.commit()
     except Exception:  # the caller answers 503 either way; the reconciler sees the rows
         session.rollback()

@@ -6,26 +6,36 @@ Connections are built in the lifespan (or handed in by tests), never at import t
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 
 from fastapi import FastAPI
 from redis import Redis
 
 from backend import __version__
-from backend.api import control, health, jobs, schedules, tasks
+from backend.api import control, credits, health, jobs, schedules, tasks
 from backend.api.body_guard import BodyGuard
 from backend.api.deps import AppContext
 from backend.api.errors import install_error_handlers
+from backend.api.ratelimit import RateLimitHeaders, RateLimits
 from backend.config import Settings, get_settings
-from backend.db import make_engine, make_sessionmaker
+from backend.db import make_engine, make_sessionmaker, utcnow
 from backend.logs import configure_logging
 from backend.queues import make_redis
 from backend.tasks import registry
 
 
-def create_app(settings: Settings | None = None, *, redis: Redis | None = None) -> FastAPI:
-    """The Lanes API for `settings` (the environment's when None); `redis` lets tests hand in a client."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    redis: Redis | None = None,
+    clock: Callable[[], datetime] = utcnow,
+) -> FastAPI:
+    """The Lanes API for `settings` (the environment's when None).
+
+    `redis` lets tests hand in a client, and `clock` a time of their own for quotas.
+    """
     settings = settings or get_settings()
     configure_logging(settings.log_level)
     registry.load_modules(settings.task_module_names())
@@ -40,6 +50,8 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
             sessions=make_sessionmaker(engine),
             redis=client,
             tasks=registry,
+            rate_limits=RateLimits(settings, client),
+            clock=clock,
         )
         try:
             yield
@@ -55,6 +67,7 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(RateLimitHeaders)
     app.add_middleware(
         BodyGuard, max_body_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth
     )
@@ -63,6 +76,7 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
         jobs.router,
         schedules.router,
         tasks.router,
+        credits.router,
         health.router,
         health.liveness,
     ):

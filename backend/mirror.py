@@ -17,11 +17,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, case, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from backend.db import utcnow
+from backend.db import upsert, utcnow
 from backend.enums import STATUS_RANK, TERMINAL_STATUSES, JobStatus, Priority
 from backend.models import JobRow
 
@@ -78,9 +76,7 @@ def advance(
 def _insert_if_missing(session: Session, row: dict[str, Any]) -> None:
     row.setdefault("created_at", utcnow())
     row.setdefault("params", {})
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    session.execute(insert(JobRow).values(**row).on_conflict_do_nothing(index_elements=["id"]))
+    session.execute(upsert(session, JobRow).values(**row).on_conflict_do_nothing(index_elements=["id"]))
 
 
 def cancel(session: Session, row: JobRow, *, by: str, reason: str | None = None) -> bool:

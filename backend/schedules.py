@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from redis import Redis
@@ -178,16 +179,24 @@ def run_now(
     tasks: TaskRegistry,
     schedule_id: str,
     tenant_id: str | None = None,
+    now: datetime | None = None,
 ) -> JobRow:
     """Fire a schedule now, enabled or not, as a job of its own; its cron times are not changed.
 
     The job is submitted like any other (row first, then Redis; `BackendUnavailable` if Redis
-    refuses) with `schedule_id` set, and the schedule's `last_run_at` becomes now.
+    refuses) with `schedule_id` set, and takes a quota credit of the schedule's tenant
+    (`QuotaExceeded` when it has none left). The schedule's `last_run_at` becomes now.
     """
     row = get_schedule(session=session, schedule_id=schedule_id, tenant_id=tenant_id)
     request = job_request(row)
     job = jobs.submit(
-        session=session, redis=redis, settings=settings, tasks=tasks, request=request, tenant_id=row.tenant_id
+        session=session,
+        redis=redis,
+        settings=settings,
+        tasks=tasks,
+        request=request,
+        tenant_id=row.tenant_id,
+        now=now,
     ).row
     session.execute(
         update(ScheduleRow)

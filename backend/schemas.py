@@ -166,3 +166,33 @@ class HealthOut(BaseModel):
 class ErrorOut(BaseModel):
     detail: Any
     code: str
+
+
+class PeriodCredits(BaseModel):
+    """One quota period: its limit (None: no limit), the jobs taken, what is left, and when it resets."""
+
+    limit: int | None
+    used: int
+    remaining: int | None
+    resets_at: Timestamp
+
+
+class CreditsOut(BaseModel):
+    """A tenant's quota credits for the current UTC day and month."""
+
+    tenant: str
+    plan: str
+    daily: PeriodCredits
+    monthly: PeriodCredits
+
+
+class TenantOut(BaseModel):
+    """A tenant as a platform admin sees it: its plan, its own quotas if any, and its credits."""
+
+    id: str
+    name: str
+    plan: str
+    daily_quota: int | None
+    monthly_quota: int | None
+    created_at: Timestamp
+    credits: CreditsOut

@@ -35,6 +35,13 @@ TENANT_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _NO_KEY_DIGEST = hashlib.sha256(b"no such key").hexdigest()
 
 
+class Unchanged:
+    """The value of an argument left as it is (None means 'clear it')."""
+
+
+UNCHANGED = Unchanged()
+
+
 @dataclass(frozen=True)
 class NewKey:
     """A key just made: `secret` is the whole key, shown this once and never stored."""
@@ -80,6 +87,28 @@ def get_tenant(*, session: Session, name_or_id: str) -> TenantRow:
     if row is None:
         raise NotFound(f"tenant {name_or_id!r} not found", code="tenant_not_found")
     return row
+
+
+def change_plan(
+    *,
+    session: Session,
+    tenant: TenantRow,
+    plan: Plan | None = None,
+    daily_quota: int | Unchanged | None = UNCHANGED,
+    monthly_quota: int | Unchanged | None = UNCHANGED,
+) -> TenantRow:
+    """Give `tenant` another plan, or quotas of its own (None: back to the plan's); the rest stays."""
+    for name, value in (("daily_quota", daily_quota), ("monthly_quota", monthly_quota)):
+        if isinstance(value, int) and value < 0:
+            raise InvalidInput(f"{name} must be 0 or more, not {value}", code=f"invalid_{name}")
+    if plan is not None:
+        tenant.plan = Plan(plan).value
+    if not isinstance(daily_quota, Unchanged):
+        tenant.daily_quota = daily_quota
+    if not isinstance(monthly_quota, Unchanged):
+        tenant.monthly_quota = monthly_quota
+    session.commit()
+    return tenant
 
 
 def list_tenants(*, session: Session) -> list[TenantRow]:

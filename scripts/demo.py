@@ -193,17 +193,14 @@ Ctrl-C stops everything this demo started.
     def follow(self, ids: list[str], *, exit_when_done: bool) -> bool:
         last: dict[str, tuple[str, int]] = {}
         while True:
-            for job_id in ids:
-                with contextlib.suppress(httpx.HTTPError):
-                    job = httpx.get(
-                        f"{self.api_url}/api/v1/jobs/{job_id}", headers=self.headers, timeout=5
-                    ).json()
-                    state = (job["status"], job["progress"])
-                    if last.get(job_id) != state:
-                        last[job_id] = state
-                        extra = f" error: {job['error']}" if job["status"] in {"retrying", "failed"} else ""
-                        line = f"{job['task']:<11} {job['queue']:<6} {job['status']:<9} {job['progress']:>3}%"
-                        print(f"  {line} attempt {job['attempts']}{extra}")
+            # One list call a second: well inside the demo key's rate limit (100 calls a minute).
+            for job in self.jobs(ids):
+                state = (job["status"], job["progress"])
+                if last.get(job["id"]) != state:
+                    last[job["id"]] = state
+                    extra = f" error: {job['error']}" if job["status"] in {"retrying", "failed"} else ""
+                    line = f"{job['task']:<11} {job['queue']:<6} {job['status']:<9} {job['progress']:>3}%"
+                    print(f"  {line} attempt {job['attempts']}{extra}")
             done = len(last) == len(ids) and all(status in TERMINAL for status, _ in last.values())
             if done and exit_when_done:
                 return (
@@ -213,7 +210,18 @@ Ctrl-C stops everything this demo started.
             if any(child.poll() is not None for child in self.children):
                 print("a demo process exited; see .lanes/logs/")
                 return False
-            time.sleep(0.5)
+            time.sleep(1.0)
+
+    def jobs(self, ids: list[str]) -> list[dict[str, Any]]:
+        """The jobs of `ids` among the newest 200, in their order; none when the API does not answer."""
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+            response = httpx.get(
+                f"{self.api_url}/api/v1/jobs", params={"limit": 200}, headers=self.headers, timeout=5
+            )
+            if response.status_code == 200:
+                found = {job["id"]: job for job in response.json()["items"]}
+                return [found[job_id] for job_id in ids if job_id in found]
+        return []
 
     def stop(self) -> None:
         for child in self.children:

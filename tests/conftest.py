@@ -29,6 +29,7 @@ from backend.devredis import RedisServer
 from backend.enums import Plan, Role
 from backend.main import create_app
 from backend.migrate import upgrade
+from backend.tasks import registry
 from tests.helpers import SchedulerFactory, WorkerFactory
 
 POSTGRES_URL = os.environ.get("LANES_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -88,7 +89,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url: str = request.getfixturevalue("postgres_database")
     engine = create_engine(url)
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE jobs, schedules, api_keys, tenants"))
+        conn.execute(text("TRUNCATE jobs, schedules, api_keys, tenant_usage, tenants"))
     engine.dispose()
     return url
 
@@ -141,22 +142,44 @@ def fake_redis() -> Iterator[fakeredis.FakeRedis]:
 
 @pytest.fixture
 def make_settings(database_url: str) -> Any:
+    """`make_settings(redis_url, **overrides)`: settings on the test database.
+
+    Rate limits are off unless a test turns them on (`tests/unit/test_rate_limits.py` does): the
+    stories of the other tests make more calls a minute than the default limits allow.
+    """
+
     def build(redis_url: str = "redis://127.0.0.1:1/0", **overrides: Any) -> Settings:
-        values: dict[str, Any] = {"database_url": database_url, "redis_url": redis_url, **overrides}
+        values: dict[str, Any] = {
+            "database_url": database_url,
+            "redis_url": redis_url,
+            "rate_limit_enabled": False,
+            **overrides,
+        }
         return Settings.model_validate(values)
 
     return build
 
 
-def tenant_key(database_url: str, name: str, *, role: Role = Role.ADMIN) -> str:
-    """A new key of tenant `name` (made if it does not exist) in the test database."""
+def tenant_key(database_url: str, name: str, *, role: Role = Role.ADMIN, plan: Plan = Plan.UNLIMITED) -> str:
+    """A new key of tenant `name` (made on `plan` if it does not exist) in the test database."""
     engine = make_engine(database_url)
     try:
         with make_sessionmaker(engine)() as session:
-            tenant = tenants.ensure_tenant(session=session, name=name, plan=Plan.UNLIMITED)
+            tenant = tenants.ensure_tenant(session=session, name=name, plan=plan)
             return tenants.create_key(session=session, tenant=tenant, role=role).secret
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def settings(make_settings: Any, redis_url: str) -> Settings:
+    """Settings on the test database and the private Redis, with their task modules loaded.
+
+    A test file may define its own `settings` to change some.
+    """
+    settings: Settings = make_settings(redis_url)
+    registry.load_modules(settings.task_module_names())
+    return settings
 
 
 @pytest.fixture

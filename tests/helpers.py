@@ -79,6 +79,61 @@ class WorkerProcess(LanesProcess):
     """A real `python -m worker` process."""
 
 
+class ApiProcess(LanesProcess):
+    """A real `uvicorn backend.main:app` process, serving at `url`."""
+
+    url: str = ""
+
+
+@dataclass
+class ApiFactory:
+    """Starts API processes (uvicorn) against one Redis and one database; stops them all at teardown."""
+
+    redis_url: str
+    database_url: str
+    log_dir: Path
+    started: list[ApiProcess] = field(default_factory=list)
+
+    def start(self, **settings: Any) -> ApiProcess:
+        from backend.devredis import free_port
+
+        port = free_port()
+        name = f"api{len(self.started) + 1}"
+        log_path = self.log_dir / f"{name}.log"
+        env = lanes_env(redis_url=self.redis_url, database_url=self.database_url, **settings)
+        args = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "backend.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        api = ApiProcess(process=process, log_path=log_path, name=name)
+        api.url = f"http://127.0.0.1:{port}"
+        self.started.append(api)
+        wait_for(lambda: process.poll() is not None or _answers(api.url), message=f"{name} to answer")
+        assert process.poll() is None, f"{name} exited:\n{api.log()}"
+        return api
+
+    def stop_all(self) -> None:
+        for api in self.started:
+            api.stop()
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 class SchedulerProcess(LanesProcess):
     """A real `python -m scheduler` process."""
 

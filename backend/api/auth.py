@@ -4,6 +4,10 @@ Every `/api/v1` route but health asks for a key, as `Authorization: Bearer <key>
 `X-API-Key: <key>`. A missing, malformed, unknown or revoked key gets the same 401, with no hint
 which. An admin key of the operator's tenant (`LANES_OPERATOR_TENANT`) is a platform admin and sees
 every tenant; any other key sees its own tenant only, and another tenant's job or schedule is 404.
+
+Authenticating is also where a call is counted against its rate limit (`backend.api.ratelimit`):
+by tenant once the key is verified, by client address when it is not (a 429 then answers before
+the 401 would).
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from backend import tenants
-from backend.api.deps import SessionDep, SettingsDep
+from backend.api.deps import RateLimitsDep, SessionDep, SettingsDep
+from backend.api.ratelimit import LimitName
 from backend.enums import Role
-from backend.errors import Unauthorized
+from backend.errors import Forbidden, Unauthorized
 from backend.models import TenantRow
 
 UNAUTHORIZED = "a valid API key is required: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
@@ -51,12 +56,17 @@ def presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-def get_caller(request: Request, session: SessionDep, settings: SettingsDep) -> Caller:
+def get_caller(
+    request: Request, session: SessionDep, settings: SettingsDep, rate_limits: RateLimitsDep
+) -> Caller:
     key = presented_key(request)
     row = tenants.verify_key(session=session, key=key) if key else None
     tenant = session.get(TenantRow, row.tenant_id) if row is not None else None
     if row is None or tenant is None:
+        address = rate_limits.client_address(request)
+        rate_limits.admit(request, who=f"address:{address}", name=LimitName.DEFAULT)
         raise Unauthorized(UNAUTHORIZED)
+    rate_limits.admit(request, who=f"tenant:{tenant.id}")
     role = Role(row.role)
     return Caller(
         tenant_id=tenant.id,
@@ -68,3 +78,13 @@ def get_caller(request: Request, session: SessionDep, settings: SettingsDep) -> 
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def get_platform_admin(caller: CallerDep) -> Caller:
+    """The caller, if it is a platform admin; `Forbidden` for every other key."""
+    if not caller.platform_admin:
+        raise Forbidden("only a platform admin (an admin key of the operator's tenant) may do this")
+    return caller
+
+
+PlatformAdminDep = Annotated[Caller, Depends(get_platform_admin)]

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backend import control
 from backend.api.auth import Caller, CallerDep, get_caller
-from backend.api.deps import RedisDep, SessionDep, SettingsDep
+from backend.api.deps import NowDep, RedisDep, SessionDep, SettingsDep
 from backend.enums import JobStatus, Priority
 from backend.errors import NotFound
 from backend.schemas import ErrorOut, JobOut
@@ -19,7 +19,9 @@ router = APIRouter(prefix="/api/v1/jobs", tags=["job control"], dependencies=[De
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 TASK_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (401, 404, 409, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (401, 404, 409, 422, 429, 503)
+}
 JobId = Annotated[str, Path(max_length=200)]
 
 
@@ -93,11 +95,16 @@ def cancel_jobs(body: Selection, session: SessionDep, redis: RedisDep, caller: C
 
 @router.post("/retry", response_model=RetryReport, responses=ERRORS)
 def retry_jobs(
-    body: Selection, session: SessionDep, redis: RedisDep, settings: SettingsDep, caller: CallerDep
+    body: Selection,
+    session: SessionDep,
+    redis: RedisDep,
+    settings: SettingsDep,
+    caller: CallerDep,
+    now: NowDep,
 ) -> RetryReport:
     """Requeue many failed (by default) or cancelled jobs: drain the dead letter on purpose."""
     report = control.requeue_many(
-        session=session, redis=redis, settings=settings, selection=body.to_domain(caller)
+        session=session, redis=redis, settings=settings, selection=body.to_domain(caller), now=now
     )
     return RetryReport(
         requeued=report.done, not_requeued=[Refused.model_validate(item) for item in report.refused]
@@ -129,12 +136,17 @@ def cancel_job(
 
 @router.post("/{job_id}/retry", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut, responses=ERRORS)
 def retry_job(
-    job_id: JobId, session: SessionDep, redis: RedisDep, settings: SettingsDep, caller: CallerDep
+    job_id: JobId,
+    session: SessionDep,
+    redis: RedisDep,
+    settings: SettingsDep,
+    caller: CallerDep,
+    now: NowDep,
 ) -> JobOut:
-    """Run a failed or cancelled job again under the same id; attempts continue."""
+    """Run a failed or cancelled job again under the same id; attempts continue; takes a quota credit."""
     _check_id(job_id)
     return JobOut.model_validate(
         control.requeue_job(
-            session=session, redis=redis, settings=settings, job_id=job_id, tenant_id=caller.scope
+            session=session, redis=redis, settings=settings, job_id=job_id, tenant_id=caller.scope, now=now
         )
     )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -11,7 +12,9 @@ from redis import Redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from backend.api.ratelimit import RateLimits
 from backend.config import Settings
+from backend.db import utcnow
 from backend.tasks import TaskRegistry
 
 
@@ -24,6 +27,9 @@ class AppContext:
     sessions: sessionmaker[Session]
     redis: Redis
     tasks: TaskRegistry
+    rate_limits: RateLimits
+    #: The time as quotas see it (tests set their own clock).
+    clock: Callable[[], datetime] = field(default=utcnow)
 
 
 def get_context(request: Request) -> AppContext:
@@ -50,7 +56,18 @@ def get_tasks(context: ContextDep) -> TaskRegistry:
     return context.tasks
 
 
+def get_rate_limits(context: ContextDep) -> RateLimits:
+    return context.rate_limits
+
+
+def get_now(context: ContextDep) -> datetime:
+    return context.clock()
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 TasksDep = Annotated[TaskRegistry, Depends(get_tasks)]
+RateLimitsDep = Annotated[RateLimits, Depends(get_rate_limits)]
+#: The request's moment, from the app's clock: what quotas count by.
+NowDep = Annotated[datetime, Depends(get_now)]

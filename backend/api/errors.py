@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,15 +26,30 @@ _HTTP_CODES = {
     405: "method_not_allowed",
     413: "body_too_large",
     415: "unsupported_media_type",
+    429: "rate_limited",
 }
 
 
 def error_response(
-    status: int, detail: Any, code: str, headers: dict[str, str] | None = None
+    status: int,
+    detail: Any,
+    code: str,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> JSONResponse:
-    return JSONResponse(
-        {"detail": to_jsonable_python(detail), "code": code}, status_code=status, headers=headers
-    )
+    body = {"detail": to_jsonable_python(detail), "code": code, **to_jsonable_python(_iso(extra or {}))}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _iso(value: Any) -> Any:
+    """Timestamps as the API writes them everywhere (`…+00:00`), inside dicts and lists too."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {key: _iso(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_iso(item) for item in value]
+    return value
 
 
 def validation_code(errors: list[Any]) -> str:
@@ -54,8 +70,8 @@ def validation_code(errors: list[Any]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def app_error(_: Request, exc: AppError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        return error_response(exc.status_code, exc.detail, exc.code, headers)
+        headers = {"WWW-Authenticate": "Bearer", **exc.headers} if exc.status_code == 401 else exc.headers
+        return error_response(exc.status_code, exc.detail, exc.code, headers, exc.extra)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session
 
 from backend import estimates, jobs
 from backend.api.auth import CallerDep, get_caller
-from backend.api.deps import RedisDep, SessionDep, SettingsDep, TasksDep
+from backend.api.deps import NowDep, RedisDep, SessionDep, SettingsDep, TasksDep
 from backend.api.errors import validation_code
+from backend.api.ratelimit import LimitName, route_limit
 from backend.enums import JobStatus, Priority
 from backend.errors import InvalidInput, NotFound
 from backend.job_requests import JobRequest
@@ -35,11 +36,17 @@ router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], dependencies=[Depends(g
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 TASK_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (400, 401, 404, 409, 413, 422, 503)
+    code: {"model": ErrorOut} for code in (400, 401, 404, 409, 413, 422, 429, 503)
 }
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut, responses=ERRORS)
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobOut,
+    responses=ERRORS,
+    openapi_extra=route_limit(LimitName.SUBMIT),
+)
 def submit_job(
     body: JobCreate,
     response: Response,
@@ -48,6 +55,7 @@ def submit_job(
     settings: SettingsDep,
     tasks: TasksDep,
     caller: CallerDep,
+    now: NowDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -65,6 +73,7 @@ def submit_job(
         request=_request(body),
         idempotency_key=idempotency_key,
         tenant_id=caller.tenant_id,
+        now=now,
     )
     response.headers["Location"] = f"{router.prefix}/{submission.row.id}"
     if submission.replayed:
@@ -72,7 +81,13 @@ def submit_job(
     return JobOut.model_validate(submission.row)
 
 
-@router.post("/batch", status_code=status.HTTP_202_ACCEPTED, response_model=JobBatchOut, responses=ERRORS)
+@router.post(
+    "/batch",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobBatchOut,
+    responses=ERRORS,
+    openapi_extra=route_limit(LimitName.BATCH),
+)
 def submit_batch(
     body: JobBatchCreate,
     session: SessionDep,
@@ -80,6 +95,7 @@ def submit_batch(
     settings: SettingsDep,
     tasks: TasksDep,
     caller: CallerDep,
+    now: NowDep,
 ) -> JobBatchOut:
     """Submit up to 1,000 jobs at once: all validated first, then accepted together or not at all."""
     requests = [_request(_batch_item(index, item)) for index, item in enumerate(body.jobs)]
@@ -90,6 +106,7 @@ def submit_batch(
         tasks=tasks,
         requests=requests,
         tenant_id=caller.tenant_id,
+        now=now,
     )
     return JobBatchOut(jobs=[JobOut.model_validate(row) for row in rows])
 

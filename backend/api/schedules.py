@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from backend import cron, schedules
 from backend.api.auth import CallerDep, get_caller
-from backend.api.deps import RedisDep, SessionDep, SettingsDep, TasksDep
+from backend.api.deps import NowDep, RedisDep, SessionDep, SettingsDep, TasksDep
 from backend.api.jobs import with_estimates
+from backend.api.ratelimit import LimitName, route_limit
 from backend.db import utcnow
 from backend.enums import Priority
 from backend.errors import NotFound
@@ -26,7 +27,7 @@ router = APIRouter(prefix="/api/v1/schedules", tags=["schedules"], dependencies=
 
 SCHEDULE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (400, 401, 404, 413, 422, 503)
+    code: {"model": ErrorOut} for code in (400, 401, 404, 413, 422, 429, 503)
 }
 ScheduleId = Annotated[str, Path(max_length=200)]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
@@ -185,7 +186,11 @@ def delete_schedule(
 
 
 @router.post(
-    "/{schedule_id}/run", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut, responses=ERRORS
+    "/{schedule_id}/run",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobOut,
+    responses=ERRORS,
+    openapi_extra=route_limit(LimitName.SUBMIT),
 )
 def run_schedule(
     schedule_id: ScheduleId,
@@ -195,6 +200,7 @@ def run_schedule(
     settings: SettingsDep,
     tasks: TasksDep,
     caller: CallerDep,
+    now: NowDep,
 ) -> JobOut:
     """Fire a schedule now (enabled or not) as a new job; its cron times stay as they are."""
     _check_id(schedule_id)
@@ -205,6 +211,7 @@ def run_schedule(
         tasks=tasks,
         schedule_id=schedule_id,
         tenant_id=caller.scope,
+        now=now,
     )
     response.headers["Location"] = f"/api/v1/jobs/{job.id}"
     return JobOut.model_validate(job)

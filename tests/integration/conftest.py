@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.helpers import ApiFactory
+
 
 @pytest.fixture
 def api_factory(make_settings: Any, redis_url: str, make_client: Any) -> Iterator[Callable[..., TestClient]]:
@@ -20,3 +22,11 @@ def api_factory(make_settings: Any, redis_url: str, make_client: Any) -> Iterato
             return client
 
         yield build
+
+
+@pytest.fixture
+def apis(redis_url: str, database_url: str, tmp_path: Any) -> Iterator[ApiFactory]:
+    """Starts real API processes (uvicorn) on the private Redis and the test database."""
+    factory = ApiFactory(redis_url=redis_url, database_url=database_url, log_dir=tmp_path)
+    yield factory
+    factory.stop_all()

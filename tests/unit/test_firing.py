@@ -33,13 +33,6 @@ DUE = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
 
 
 @pytest.fixture
-def settings(make_settings: Any, redis_url: str) -> Settings:
-    settings: Settings = make_settings(redis_url)
-    registry.load_modules(settings.task_module_names())
-    return settings
-
-
-@pytest.fixture
 def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
     engine = make_engine(database_url)
     yield make_sessionmaker(engine)

@@ -108,3 +108,31 @@ def test_the_admin_command_says_what_is_wrong_on_stderr_with_status_1(database_u
     assert (missing.returncode, missing.stdout) == (1, "")
     assert "tenant 'nobody' not found" in missing.stderr
     assert taken.returncode == 1 and "exists already" in taken.stderr
+
+
+def test_the_admin_command_changes_a_tenants_plan_and_quotas_and_shows_its_credits(
+    database_url: str, session: Session
+) -> None:
+    admin(database_url, "create-tenant", "acme", "--plan", "free")
+
+    planned = admin(database_url, "set-plan", "acme", "pro")
+    own = admin(database_url, "set-quota", "acme", "--daily", "50", "--monthly", "0")
+    back = admin(database_url, "set-quota", "acme", "--monthly", "plan")
+    bad = admin(database_url, "set-quota", "acme", "--daily", "-1")
+    listed = admin(database_url, "list-tenants").stdout
+
+    assert planned.returncode == 0 and "acme: plan pro" in planned.stdout
+    assert "daily    0 of 10 used" in planned.stdout and "monthly  0 of 100 used" in planned.stdout
+    assert "daily    0 of 50 used" in own.stdout and "monthly  0 of 0 used" in own.stdout
+    assert "daily    0 of 50 used" in back.stdout and "monthly  0 of 100 used" in back.stdout
+    assert bad.returncode == 2 and "a quota is 0 or more" in bad.stderr
+    assert "acme\tpro\tdaily 0 of 50 used; monthly 0 of 100 used\t" in listed
+    tenant = tenants.get_tenant(session=session, name_or_id="acme")
+    assert (tenant.plan, tenant.daily_quota, tenant.monthly_quota) == ("pro", 50, None)
+
+
+def test_a_negative_quota_is_refused(session: Session) -> None:
+    tenant = tenants.create_tenant(session=session, name="acme")
+
+    with pytest.raises(InvalidInput):
+        tenants.change_plan(session=session, tenant=tenant, daily_quota=-1)
