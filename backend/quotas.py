@@ -24,7 +24,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, case, select, update
 from sqlalchemy.orm import Session
 
 from backend.config import Settings
@@ -32,6 +32,9 @@ from backend.db import upsert
 from backend.enums import Plan
 from backend.errors import QuotaExceeded
 from backend.models import TenantRow, UsageRow
+
+#: Stands for "no limit" in SQL: more jobs than a period can hold.
+NO_LIMIT = 2**31 - 1
 
 
 class Period(StrEnum):
@@ -169,42 +172,71 @@ def credits(*, session: Session, tenant: TenantRow, settings: Settings, now: dat
 
 
 def _take(session: Session, tenant_id: str, limits: Limits, jobs: int, now: datetime) -> Period | None:
-    """Add `jobs` to each period's row unless it would pass the limit; the period that refused, if any.
+    """Add `jobs` to the day's and the month's rows (made if missing), each only if it stays within
+    its limit, in one statement; the period that refused, if any.
 
-    A refusal after an earlier period took its share gives that share back (same transaction).
+    A period that took its share while the other refused gives it back (same transaction).
     """
-    taken: list[Period] = []
     for period in Period:
         limit = limits.of(period)
-        if not _add(session, tenant_id, period, period.start(now), jobs, limit, now):
-            for earlier in taken:
-                _add(session, tenant_id, earlier, earlier.start(now), -jobs, None, now)
-            return period
-        taken.append(period)
-    return None
+        if limit is not None and jobs > limit:
+            return period  # a new period's row would be inserted past its limit
+    statement = _take_statement(session)
+    values = {
+        "tenant_id": tenant_id,
+        "day_start": Period.DAY.start(now),
+        "month_start": Period.MONTH.start(now),
+        "jobs": jobs,
+        "now": now,
+        "day_limit": NO_LIMIT if limits.day is None else limits.day,
+        "month_limit": NO_LIMIT if limits.month is None else limits.month,
+    }
+    took = {Period(period) for period in session.scalars(statement, values)}
+    if len(took) == len(Period):
+        return None
+    for period in took:
+        session.execute(
+            update(UsageRow)
+            .where(
+                UsageRow.tenant_id == tenant_id,
+                UsageRow.period == period.value,
+                UsageRow.starts_on == period.start(now),
+            )
+            .values(used=UsageRow.used - jobs)
+            .execution_options(synchronize_session=False)
+        )
+    return next(period for period in Period if period not in took)
 
 
-def _add(
-    session: Session,
-    tenant_id: str,
-    period: Period,
-    starts_on: date,
-    jobs: int,
-    limit: int | None,
-    now: datetime,
-) -> bool:
-    """`used += jobs` on the period's row (made if missing) unless that passes `limit`; whether it did."""
-    if limit is not None and jobs > limit:
-        return False
-    insert = upsert(session, UsageRow).values(
-        tenant_id=tenant_id, period=period.value, starts_on=starts_on, used=jobs, updated_at=now
-    )
-    statement = insert.on_conflict_do_update(
-        index_elements=["tenant_id", "period", "starts_on"],
-        set_={"used": UsageRow.used + insert.excluded.used, "updated_at": insert.excluded.updated_at},
-        where=None if limit is None else UsageRow.used + insert.excluded.used <= limit,
-    ).returning(UsageRow.used)
-    return session.execute(statement).first() is not None
+_TAKE_STATEMENTS: dict[str, Any] = {}
+
+
+def _take_statement(session: Session) -> Any:
+    """The day's and the month's upsert, with bound parameters: built once per dialect, compiled once."""
+    dialect = session.get_bind().dialect.name
+    if dialect not in _TAKE_STATEMENTS:
+        row: dict[str, Any] = {
+            "tenant_id": bindparam("tenant_id"),
+            "used": bindparam("jobs"),
+            "updated_at": bindparam("now"),
+        }
+        # The Core table, not the ORM entity: the ORM would read the parameters as rows to insert.
+        insert = upsert(session, UsageRow.__table__).values(
+            [
+                {**row, "period": Period.DAY.value, "starts_on": bindparam("day_start")},
+                {**row, "period": Period.MONTH.value, "starts_on": bindparam("month_start")},
+            ]
+        )
+        limit = case(
+            (insert.excluded.period == Period.DAY.value, bindparam("day_limit")),
+            else_=bindparam("month_limit"),
+        )
+        _TAKE_STATEMENTS[dialect] = insert.on_conflict_do_update(
+            index_elements=["tenant_id", "period", "starts_on"],
+            set_={"used": UsageRow.used + insert.excluded.used, "updated_at": insert.excluded.updated_at},
+            where=UsageRow.used + insert.excluded.used <= limit,
+        ).returning(UsageRow.period)
+    return _TAKE_STATEMENTS[dialect]
 
 
 def _exceeded(
