@@ -10,8 +10,9 @@ The credits are counted in SQL, in `tenant_usage` (one row per tenant, period an
 inside the transaction that writes the job rows, with one `INSERT … ON CONFLICT DO UPDATE SET used
 = used + n WHERE used + n <= limit` of the day's and the month's rows. The rows are locked from
 that statement to the commit (PostgreSQL's row locks, SQLite's write lock), so of two submits
-racing for the last credit one takes it and the other finds none. A submit refused for any reason rolls the credit back with
-everything else, and a submit whose jobs Redis refuses gives its credits back (`give_back`).
+racing for the last credit one takes it and the other finds none. A submit refused for any
+reason rolls the credit back with everything else, and a submit whose jobs Redis refuses gives its
+credits back (`give_back`).
 A new UTC day or month is a new row: the counters reset by themselves, and the old rows are the
 usage history. Tenants on `unlimited` are counted too, with no limit.
 """

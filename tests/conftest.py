@@ -29,6 +29,7 @@ from backend.devredis import RedisServer
 from backend.enums import Plan, Role
 from backend.main import create_app
 from backend.migrate import upgrade
+from backend.models import Base
 from backend.tasks import registry
 from tests.helpers import SchedulerFactory, WorkerFactory
 
@@ -87,9 +88,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         shutil.copy(request.getfixturevalue("sqlite_template"), path)
         return f"sqlite:///{path}"
     url: str = request.getfixturevalue("postgres_database")
+    return empty_postgres(url)
+
+
+def empty_postgres(url: str) -> str:
+    """Empty every table of the PostgreSQL database at `url` (each model's, so new tables come along)."""
+    tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
     engine = create_engine(url)
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE jobs, schedules, api_keys, tenant_usage, tenants"))
+        conn.execute(text(f"TRUNCATE {tables}"))
     engine.dispose()
     return url
 

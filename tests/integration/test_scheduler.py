@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from redis import Redis
 from rq_scheduler import Scheduler
 from rq_scheduler.utils import to_unix
-from sqlalchemy import Engine, select, text, update
+from sqlalchemy import Engine, select, update
 
 from backend.config import Settings
 from backend.db import make_engine, make_sessionmaker
@@ -35,7 +35,7 @@ from backend.queues import LanesJob
 from backend.schedule_entries import ENTRIES_KEY, entry_id, reschedule
 from backend.schedules import create_schedule
 from backend.tasks import registry
-from tests.conftest import FAST_SCHEDULER
+from tests.conftest import FAST_SCHEDULER, empty_postgres
 from tests.helpers import SchedulerFactory, SchedulerProcess, WorkerFactory, wait_for
 from tests.integration.support import rq_job, stamp, wait_for_status
 
@@ -214,11 +214,7 @@ def both_databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[l
     """A fresh SQLite file and the session's PostgreSQL database emptied: for one test that uses both."""
     sqlite_path = tmp_path / "minute.db"
     shutil.copy(request.getfixturevalue("sqlite_template"), sqlite_path)
-    postgres: str = request.getfixturevalue("postgres_database")
-    engine = make_engine(postgres)
-    with engine.begin() as conn:
-        conn.execute(text("TRUNCATE jobs, schedules, api_keys, tenants"))
-    engine.dispose()
+    postgres = empty_postgres(request.getfixturevalue("postgres_database"))
     yield [f"sqlite:///{sqlite_path}", postgres]
 
 
