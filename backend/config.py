@@ -13,6 +13,8 @@ from limits import parse_many
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from backend.webhook_urls import Allowance
+
 
 class Settings(BaseSettings):
     """Lanes configuration, from `LANES_*` variables plus `REDIS_URL` and `DATABASE_URL`."""
@@ -106,6 +108,24 @@ class Settings(BaseSettings):
     quota_elite_daily: int = Field(default=20, ge=0, description="Jobs a day on the elite plan.")
     quota_elite_monthly: int = Field(default=500, ge=0, description="Jobs a month on the elite plan.")
 
+    webhook_allow: str = Field(
+        default="",
+        description="Comma-separated hosts or networks webhooks may reach although not public (tests).",
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=60, description="One webhook attempt's limit.")
+    webhook_max_retries: int = Field(
+        default=3,
+        ge=0,
+        le=10,
+        description="Retries after a webhook attempt fails on the network, 429 or 5xx.",
+    )
+    webhook_retry_base_s: float = Field(
+        default=10.0, gt=0, description="The first webhook retry waits about this long, then twice as long."
+    )
+    webhook_secret_grace_s: int = Field(
+        default=86_400, ge=0, description="After a rotation the old secret also signs for this long."
+    )
+
     api_host: str = Field(default="127.0.0.1", description="Address `make api` listens on.")
     api_port: int = Field(
         default=8000, ge=1, le=65535, description="Port `make api` and `make demo` listen on."
@@ -129,6 +149,12 @@ class Settings(BaseSettings):
             parse_many(value)
         except ValueError as exc:
             raise ValueError(f"{value!r} is not a rate limit like '10/minute' or '100 per hour'") from exc
+        return value
+
+    @field_validator("webhook_allow")
+    @classmethod
+    def _webhook_allow(cls, value: str) -> str:
+        Allowance.parse(value)  # ValueError names the bad item
         return value
 
     @field_validator("trusted_proxies")

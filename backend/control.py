@@ -34,7 +34,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from backend import dependencies, mirror, quotas
+from backend import dependencies, mirror, quotas, webhooks
 from backend.config import Settings
 from backend.db import utcnow
 from backend.enums import TERMINAL_STATUSES, JobStatus, Priority
@@ -72,11 +72,13 @@ def cancel_job(
     by: str = "api",
     wait_s: float = 0.0,
     tenant_id: str | None = None,
+    settings: Settings | None = None,
 ) -> tuple[JobRow, bool]:
     """Cancel one job; the row afterwards and whether it is final (False: still stopping).
 
     Raises NotFound (also for another tenant's job), and Conflict (code `job_finished`) when the
-    job had already ended.
+    job had already ended. With `settings`, a job cancelled here emits its `job.cancelled` webhook
+    (a running job's worker emits its own when it stops).
     """
     row = get_job(session=session, job_id=job_id, tenant_id=tenant_id)
     _refuse_if_finished(row)
@@ -91,6 +93,8 @@ def cancel_job(
     if outcome == "cancelled" or outcome == "missing":
         _mark_cancelled(session, row, by=by, reason=f"cancelled by {by}")
         _cancel_dependents(session, redis, job_id)
+        if settings is not None:
+            webhooks.emit_quietly(session=session, redis=redis, settings=settings, job_ids=[job_id])
         return _fresh(session, job_id), True
     if outcome == "running":
         # It may end between our look and the command; the wait below sees how.
@@ -219,7 +223,9 @@ def select_ids(session: Session, selection: Selection, *, statuses: tuple[JobSta
     return list(session.scalars(query))
 
 
-def cancel_many(*, session: Session, redis: Redis, selection: Selection, by: str = "api") -> BulkReport:
+def cancel_many(
+    *, session: Session, redis: Redis, selection: Selection, by: str = "api", settings: Settings | None = None
+) -> BulkReport:
     """Cancel each selected job; running ones are sent the stop command and reported in progress."""
     statuses = (*WAITING, JobStatus.STARTED)
     ids = selection.ids if selection.ids is not None else select_ids(session, selection, statuses=statuses)
@@ -227,7 +233,13 @@ def cancel_many(*, session: Session, redis: Redis, selection: Selection, by: str
     for job_id in dict.fromkeys(ids):
         try:
             row, final = cancel_job(
-                session=session, redis=redis, job_id=job_id, by=by, wait_s=0, tenant_id=selection.tenant_id
+                session=session,
+                redis=redis,
+                job_id=job_id,
+                by=by,
+                wait_s=0,
+                tenant_id=selection.tenant_id,
+                settings=settings,
             )
         except NotFound:
             report.refused.append({"id": job_id, "reason": "not found"})
@@ -285,6 +297,8 @@ def requeue_job(
             cancelled_by=None,
             enqueued_at=now,
             updated_at=now,
+            webhook_delivered=None,
+            webhook_attempts=0,
         )
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]

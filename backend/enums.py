@@ -16,6 +16,20 @@ class Priority(StrEnum):
 #: Strict order in which workers drain the queues.
 QUEUE_ORDER: tuple[Priority, ...] = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
 
+#: The queue of webhook deliveries: short HTTP calls, never mirrored as jobs of their own.
+WEBHOOK_QUEUE = "webhooks"
+#: The internal task that delivers one webhook attempt; runs only from `WEBHOOK_QUEUE`.
+DELIVERY_TASK = "lanes.webhook"
+
+#: What a worker drains by default: deliveries come after `high` and before `normal` and `low`,
+#: so a receiver hears of a job's end even while a backlog of ordinary work waits.
+WORKER_QUEUES: tuple[str, ...] = (
+    Priority.HIGH.value,
+    WEBHOOK_QUEUE,
+    Priority.NORMAL.value,
+    Priority.LOW.value,
+)
+
 
 class JobStatus(StrEnum):
     """A job's status as the SQL row and the API show it."""
@@ -45,6 +59,22 @@ STATUS_RANK: dict[JobStatus, int] = {
     JobStatus.FAILED: 4,
     JobStatus.CANCELLED: 4,
 }
+
+
+class WebhookEvent(StrEnum):
+    """What a webhook tells: a job ended (failed only once its retries are spent)."""
+
+    SUCCEEDED = "job.succeeded"
+    FAILED = "job.failed"
+    CANCELLED = "job.cancelled"
+
+    @classmethod
+    def for_status(cls, status: JobStatus) -> WebhookEvent:
+        return {
+            JobStatus.SUCCEEDED: cls.SUCCEEDED,
+            JobStatus.FAILED: cls.FAILED,
+            JobStatus.CANCELLED: cls.CANCELLED,
+        }[status]
 
 
 class Plan(StrEnum):

@@ -254,6 +254,7 @@ def job_request(row: ScheduleRow) -> JobRequest:
         priority=Priority(row.priority),
         max_retries=row.max_retries,
         schedule_id=row.id,
+        webhook_url=row.webhook_url,
     )
 
 

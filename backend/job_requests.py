@@ -20,6 +20,7 @@ from backend.enums import JobStatus, Priority
 from backend.errors import InvalidInput
 from backend.models import JobRow
 from backend.tasks import TaskRegistry
+from backend.webhook_urls import Allowance, check_url
 
 #: The most jobs one batch submit may carry.
 MAX_BATCH_JOBS = 1000
@@ -45,6 +46,8 @@ class JobRequest:
     depends_on_items: Sequence[int] = ()
     #: The schedule that fires this job, if one does (not part of a submit's body).
     schedule_id: str | None = None
+    #: Where to POST the job's end event (`backend.webhooks`).
+    webhook_url: str | None = None
 
     def canonical(self) -> dict[str, Any]:
         """The request as JSON values: what an idempotency key's body hash is taken of."""
@@ -57,6 +60,8 @@ class JobRequest:
             "delay_s": self.delay_s,
             "depends_on": list(self.depends_on),
             "timeout_s": self.timeout_s,
+            # Only when given, so keys of requests without one hash as they did before webhooks.
+            **({"webhook_url": self.webhook_url} if self.webhook_url is not None else {}),
         }
 
 
@@ -78,6 +83,9 @@ def new_row(
     timeout_s = _timeout_s(settings, spec.timeout_s, request.timeout_s)
     run_at = _run_at(settings, request, now)
     depends_on = _depends_on(request, statuses, earlier)
+    if request.webhook_url is not None and request.schedule_id is None:
+        # A schedule's URL was checked when the schedule was written; every URL again at send time.
+        check_url(request.webhook_url, allow=Allowance.parse(settings.webhook_allow))
     if run_at is not None and depends_on:
         raise InvalidInput(
             "a job waits for its run_at or for its dependencies, not both", code="delay_with_dependencies"
@@ -100,6 +108,7 @@ def new_row(
         run_at=run_at,
         depends_on=depends_on or None,
         schedule_id=request.schedule_id,
+        webhook_url=request.webhook_url,
         created_at=now,
         enqueued_at=now,
         updated_at=now,

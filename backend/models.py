@@ -92,6 +92,8 @@ class ScheduleRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     created_by: Mapped[str | None] = mapped_column(String(200))
+    #: Where the jobs it fires report their end.
+    webhook_url: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         Index("ix_schedules_enabled_next_run", "enabled", "next_run_at"),
@@ -111,6 +113,11 @@ class TenantRow(Base):
     daily_quota: Mapped[int | None] = mapped_column(Integer)
     monthly_quota: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: Signs its webhooks (`whsec_…`, Standard Webhooks); made when first needed.
+    webhook_secret: Mapped[str | None] = mapped_column(String(100))
+    #: The secret before the last rotation: it still signs until the grace period ends.
+    webhook_secret_previous: Mapped[str | None] = mapped_column(String(100))
+    webhook_secret_rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class ApiKeyRow(Base):
@@ -144,3 +151,26 @@ class UsageRow(Base):
     starts_on: Mapped[date] = mapped_column(Date, primary_key=True)
     used: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class WebhookDeliveryRow(Base):
+    """One attempt to deliver a job's webhook event: what was sent where, and what came back."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(64))
+    #: The `webhook-id` header: the same on every attempt of one event.
+    event_id: Mapped[str] = mapped_column(String(120))
+    event: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    response_ms: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    #: Whether this attempt delivered the event (a 2xx answer).
+    delivered: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: When the attempt was made.
+    delivered_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (Index("ix_webhook_deliveries_job", "job_id", "id"),)

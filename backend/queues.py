@@ -16,7 +16,7 @@ from rq import Queue, Retry
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from backend.enums import QUEUE_ORDER
+from backend.enums import DELIVERY_TASK, QUEUE_ORDER, WEBHOOK_QUEUE
 from backend.errors import UnknownTask
 from backend.tasks import registry
 
@@ -45,6 +45,10 @@ class LanesJob(Job):
     def func(self) -> Any:
         if self.instance is not None:
             raise UnknownTask(f"job {self.id} names a method on an instance; Lanes runs only tasks")
+        if self.func_name == DELIVERY_TASK and self.origin == WEBHOOK_QUEUE:
+            from backend.webhook_delivery import deliver  # the one internal task, never submitted
+
+            return deliver
         return registry.get(self.func_name)
 
 

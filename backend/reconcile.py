@@ -49,7 +49,7 @@ from redis.exceptions import LockError
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from backend import dependencies
+from backend import dependencies, webhooks
 from backend.config import Settings, get_settings
 from backend.db import make_engine, make_sessionmaker, session_scope, utcnow
 from backend.enums import QUEUE_ORDER, JobStatus, Priority
@@ -87,6 +87,8 @@ class ReconcileReport:
     synced: list[str] = field(default_factory=list)
     #: lost jobs with a cancel request outstanding: marked cancelled instead of run
     cancelled: list[str] = field(default_factory=list)
+    #: webhook events of ended jobs that nothing had emitted (a crash, a cascade): now emitted
+    webhooks: list[str] = field(default_factory=list)
     #: repairs that raised (logged), and "queue:<name>" for a queue RQ's cleanup failed on;
     #: the next run tries again
     errors: list[str] = field(default_factory=list)
@@ -107,7 +109,7 @@ class ReconcileReport:
             return "another reconcile run is under way; nothing done"
         counts = ", ".join(
             f"{name} {len(getattr(self, name))}"
-            for name in ("requeued", "retried", "failed", "synced", "cancelled", "errors")
+            for name in ("requeued", "retried", "failed", "synced", "cancelled", "webhooks", "errors")
         )
         unchecked = f", {self.unchecked} unchecked" if self.unchecked else ""
         return f"checked {self.checked} rows in {self.duration_s:.2f} s: {counts}{unchecked}"
@@ -146,6 +148,7 @@ def reconcile(
             if len(run.suspects) >= batch_size:
                 run.confirm()
         run.confirm()
+        run.sweep_webhooks()
     finally:
         with contextlib.suppress(LockError):
             lock.release()
@@ -167,6 +170,17 @@ class _Run:
     #: rows that looked lost or abandoned, with that first look; confirmed by `confirm()`
     suspects: list[tuple[JobRow, Whereabouts]] = field(default_factory=list)
     last_look: float = 0.0
+
+    def sweep_webhooks(self) -> None:
+        """Emit the end events nothing emitted: the worker crashed after the commit, a cascade, a sync."""
+        try:
+            with self.sessions() as session:
+                self.report.webhooks = webhooks.sweep(
+                    session=session, redis=self.redis, settings=self.settings, now=self.now
+                )
+        except Exception:
+            log.exception("reconcile: the webhook sweep failed; the next run tries again")
+            self.report.errors.append("webhooks")
 
     def rq_cleanup(self, queue_name: str) -> None:
         """RQ's own cleanup of the queue's abandoned jobs, then their rows."""

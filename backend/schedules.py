@@ -31,6 +31,7 @@ from backend.job_requests import JobRequest, new_row
 from backend.models import JobRow, ScheduleRow
 from backend.schedule_entries import write_through
 from backend.tasks import TaskRegistry
+from backend.webhook_urls import Allowance, check_url
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class ScheduleChanges:
     params: dict[str, Any] | None = None
     priority: Priority | None = None
     max_retries: int | None = None
+    #: A new webhook URL for the jobs it fires; "" removes it.
+    webhook_url: str | None = None
 
 
 def new_schedule_id() -> str:
@@ -69,8 +72,10 @@ def create_schedule(
     enabled: bool = True,
     created_by: str | None = None,
     tenant_id: str | None = None,
+    webhook_url: str | None = None,
 ) -> ScheduleRow:
     """Validate and store a schedule, with its `next_run_at`, and write its entry; raises `InvalidInput`."""
+    _check_webhook(settings, webhook_url)
     cron = validate_cron(cron)
     timezone = validate_timezone(timezone)
     task_name, clean_params, clean_priority, clean_retries = _validated_job(
@@ -91,6 +96,7 @@ def create_schedule(
         created_at=now,
         updated_at=now,
         created_by=created_by,
+        webhook_url=webhook_url or None,
     )
     row.next_run_at = next_run_at(row, now)
     session.add(row)
@@ -133,6 +139,7 @@ def update_schedule(
     kept otherwise, so renaming a schedule a moment before it is due does not skip that firing.
     """
     row = get_schedule(session=session, schedule_id=schedule_id, tenant_id=tenant_id)
+    _check_webhook(settings, changes.webhook_url)
     cron = row.cron if changes.cron is None else validate_cron(changes.cron)
     timezone = row.timezone if changes.timezone is None else validate_timezone(changes.timezone)
     _, params, priority, max_retries = _validated_job(
@@ -150,6 +157,8 @@ def update_schedule(
     row.params, row.priority, row.max_retries = params, priority, max_retries
     if changes.name is not None:
         row.name = changes.name
+    if changes.webhook_url is not None:
+        row.webhook_url = changes.webhook_url or None
     if when_changes or (row.enabled and row.next_run_at is None):
         row.next_run_at = next_run_at(row, now)
     row.updated_at = now
@@ -236,3 +245,9 @@ def _validated_job(
     request = JobRequest(task=task, params=params, priority=priority, max_retries=max_retries)
     probe = new_row(settings, tasks, request, now=utcnow(), statuses={}, earlier=(), job_id="schedule-probe")
     return probe.task, probe.params, probe.priority, probe.max_retries
+
+
+def _check_webhook(settings: Settings, url: str | None) -> None:
+    """A schedule's webhook URL is checked as a submit's is (and again at each send)."""
+    if url:
+        check_url(url, allow=Allowance.parse(settings.webhook_allow))

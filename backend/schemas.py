@@ -15,6 +15,12 @@ Timestamp = Annotated[
     datetime, PlainSerializer(lambda value: value.isoformat(), return_type=str, when_used="json")
 ]
 
+#: Where a job's end is POSTed: http(s), public hosts only (checked when written and at each send).
+WebhookUrl = Annotated[
+    str,
+    Field(max_length=2048, examples=["https://example.com/hooks/lanes"], description="See README: Webhooks."),
+]
+
 #: A job id as Lanes makes them (RQ-valid: letters, digits, `_`, `-`).
 JobId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
@@ -45,6 +51,9 @@ class JobCreate(BaseModel):
     )
     timeout_s: int | None = Field(
         default=None, ge=1, description="Kill a run after this long (default: the task's own timeout)."
+    )
+    webhook_url: WebhookUrl | None = Field(
+        default=None, description="POST job.succeeded, job.failed or job.cancelled here, signed."
     )
 
 
@@ -98,6 +107,11 @@ class JobOut(BaseModel):
     cancelled_at: Timestamp | None = None
     cancelled_by: str | None = None
     schedule_id: str | None = Field(default=None, description="The schedule that fired this job, if any.")
+    webhook_url: str | None = None
+    webhook_delivered: bool | None = Field(
+        default=None, description="Its end event: delivered (true), given up (false), or not yet (null)."
+    )
+    webhook_attempts: int = 0
     position: int | None = Field(default=None, description="1-based place in its queue while it waits.")
     ahead: int | None = Field(
         default=None, description="Jobs that will start before it, higher queues included."
@@ -196,3 +210,28 @@ class TenantOut(BaseModel):
     monthly_quota: int | None
     created_at: Timestamp
     credits: CreditsOut
+
+
+class WebhookDeliveryOut(BaseModel):
+    """One attempt to deliver a job's end event."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    event_id: str = Field(description="The `webhook-id` header: the same on every attempt of one event.")
+    event: str
+    url: str
+    attempt: int
+    status_code: int | None
+    response_ms: int | None
+    error: str | None
+    delivered: bool
+    delivered_at: Timestamp = Field(description="When the attempt was made.")
+
+
+class WebhookSecretOut(BaseModel):
+    """The tenant's webhook signing secret (Standard Webhooks `whsec_…`)."""
+
+    secret: str
+    previous_valid_until: Timestamp | None = Field(
+        default=None, description="After a rotation, the old secret also signs until then."
+    )

@@ -22,7 +22,8 @@ from rq.results import Result
 from rq.timeouts import BaseTimeoutException
 from sqlalchemy.orm import Session, sessionmaker
 
-from backend import mirror
+from backend import mirror, webhooks
+from backend.config import Settings
 from backend.db import session_scope, utcnow
 from backend.dependencies import cancel_dependents
 from backend.enums import JobStatus
@@ -41,11 +42,18 @@ class JobMirror:
     """Writes a worker's view of its jobs to SQL; never raises."""
 
     def __init__(
-        self, *, sessions: sessionmaker[Session], redis: Redis, progress_min_interval_s: float = 0.5
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        redis: Redis,
+        progress_min_interval_s: float = 0.5,
+        settings: Settings | None = None,
     ):
         self.sessions = sessions
         self.redis = redis
         self.progress_min_interval_s = progress_min_interval_s
+        #: For webhook events (their retry policy); None emits none (the reconciler's sweep will).
+        self.settings = settings
         self.failures = 0
 
     # -- transitions ---------------------------------------------------------------------------
@@ -57,6 +65,7 @@ class JobMirror:
     def succeeded(self, job: Job, *, attempt: int, result: Any) -> None:
         values = mirror.succeeded_values(result=result, finished_at=_aware(job.ended_at))
         self._advance(job, JobStatus.SUCCEEDED, attempt, values)
+        self._emit(job)
 
     def ended_badly(self, job: Job, *, attempt: int, exc_string: str) -> None:
         """After RQ handled a failure: the row becomes retrying, failed or cancelled as RQ decided."""
@@ -79,6 +88,7 @@ class JobMirror:
             values = mirror.failed_values(error=error, traceback=exc_string, finished_at=_aware(job.ended_at))
         self._advance(job, status, attempt, values)
         if status in (JobStatus.FAILED, JobStatus.CANCELLED):
+            self._emit(job)
             # Jobs waiting on this one can no longer run: cancel them (and theirs) rather than
             # leave them deferred for ever. Guarded like every mirror write.
             reason = f"failed: {error}" if status == JobStatus.FAILED else "was cancelled"
@@ -134,6 +144,16 @@ class JobMirror:
                 create=_create_columns(job),
             ),
         )
+
+    def _emit(self, job: Job) -> None:
+        """The job's end event, if it has a webhook; guarded like a mirror write, never replayed."""
+        settings = self.settings
+        if settings is not None:
+            self._write(
+                job,
+                lambda s: webhooks.emit(session=s, redis=self.redis, settings=settings, job_ids=[job.id]),
+                replay=False,
+            )
 
     # -- failure handling ----------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """`python -m worker [QUEUE ...] [--name NAME] [--burst]`: run one Lanes worker.
 
-Queues are drained in the order given (default `high normal low`). SIGTERM or Ctrl-C lets the
+Queues are drained in the order given (default `high webhooks normal low`). SIGTERM or Ctrl-C lets the
 current job finish, then the worker exits; a second signal stops it at once.
 """
 
@@ -13,7 +13,7 @@ from rq.serializers import JSONSerializer
 
 from backend.config import Settings, get_settings
 from backend.db import make_engine, make_sessionmaker
-from backend.enums import QUEUE_ORDER
+from backend.enums import WORKER_QUEUES
 from backend.logs import configure_logging
 from backend.queues import LanesJob, all_queues, make_redis
 from backend.sync import JobMirror
@@ -26,7 +26,7 @@ log = logging.getLogger("worker")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m worker", description="Run a Lanes worker.")
     parser.add_argument(
-        "queues", nargs="*", help="queues in priority order (default: high normal low); commas also work"
+        "queues", nargs="*", help="queues in priority order (default: high webhooks normal low); commas work"
     )
     parser.add_argument("--name", help="worker name (default: a random hex id)")
     parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def queue_names(raw: list[str]) -> list[str]:
     names = [name.strip() for item in raw for name in item.replace(",", " ").split() if name.strip()]
-    return names or [q.value for q in QUEUE_ORDER]
+    return names or list(WORKER_QUEUES)
 
 
 def build_worker(settings: Settings, *, queues: list[str], name: str | None = None) -> LanesWorker:
@@ -58,6 +58,7 @@ def build_worker(settings: Settings, *, queues: list[str], name: str | None = No
         sessions=make_sessionmaker(engine),
         redis=redis,
         progress_min_interval_s=settings.progress_min_interval_s,
+        settings=settings,
     )
     return worker
 

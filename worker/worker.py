@@ -2,7 +2,8 @@
 
 Mirror writes hook in after RQ has persisted each step, and never raise: RQ re-runs a job whose
 success path raises, so nothing here may fail a job. The hooks run in the work-horse for the
-start, success and failure of a job, and in the parent when the horse dies unexpectedly.
+start, success and failure of a job, and in the parent when the horse dies unexpectedly. Webhook
+deliveries (the `webhooks` queue) are run but not mirrored: they have no row of their own.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
 
 from backend.control import CLAIM_SCRIPT
+from backend.enums import WEBHOOK_QUEUE
 from backend.queues import attempt_of, cancel_flag_key
 from backend.sync import JobMirror
 from backend.tasks.reporting import set_progress_sink
@@ -147,6 +149,8 @@ class LanesWorker(Worker):
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         super().prepare_job_execution(job, remove_from_intermediate_queue)
+        if _is_delivery(job):
+            return
         if self.connection.exists(cancel_flag_key(job.id)):
             # Cancelled after the claim but before RQ could route a stop command to this horse.
             self._stopped_job_id = job.id
@@ -159,7 +163,8 @@ class LanesWorker(Worker):
     ) -> None:
         attempt = attempt_of(job)
         super().handle_job_success(job, queue, started_job_registry, execution)
-        self.mirror.succeeded(job, attempt=attempt, result=job._result)
+        if not _is_delivery(job):
+            self.mirror.succeeded(job, attempt=attempt, result=job._result)
 
     # -- in the work-horse, or in the parent when the horse died ------------------------------
 
@@ -173,11 +178,18 @@ class LanesWorker(Worker):
     ) -> None:
         attempt = attempt_of(job)
         super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
-        self.mirror.ended_badly(job, attempt=attempt, exc_string=exc_string)
+        if not _is_delivery(job):
+            self.mirror.ended_badly(job, attempt=attempt, exc_string=exc_string)
 
     def handle_job_retry(
         self, job: Job, queue: Queue, retry: Any, started_job_registry: Any, execution: Any
     ) -> None:
         attempt = attempt_of(job)
         super().handle_job_retry(job, queue, retry, started_job_registry, execution)
-        self.mirror.ended_badly(job, attempt=attempt, exc_string="the task asked to be retried")
+        if not _is_delivery(job):
+            self.mirror.ended_badly(job, attempt=attempt, exc_string="the task asked to be retried")
+
+
+def _is_delivery(job: Job) -> bool:
+    """A webhook delivery: it has no row of its own, and its outcome is in `webhook_deliveries`."""
+    return job.origin == WEBHOOK_QUEUE

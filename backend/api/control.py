@@ -81,10 +81,12 @@ def _check_id(job_id: str) -> None:
 
 
 @router.post("/cancel", response_model=CancelReport, responses=ERRORS)
-def cancel_jobs(body: Selection, session: SessionDep, redis: RedisDep, caller: CallerDep) -> CancelReport:
+def cancel_jobs(
+    body: Selection, session: SessionDep, redis: RedisDep, settings: SettingsDep, caller: CallerDep
+) -> CancelReport:
     """Cancel many jobs, by ids or by filter; says what was cancelled and what could not be, and why."""
     report = control.cancel_many(
-        session=session, redis=redis, selection=body.to_domain(caller), by=caller.label
+        session=session, redis=redis, selection=body.to_domain(caller), by=caller.label, settings=settings
     )
     return CancelReport(
         cancelled=report.done,
@@ -129,6 +131,7 @@ def cancel_job(
         wait_s=settings.cancel_wait_s,
         by=caller.label,
         tenant_id=caller.scope,
+        settings=settings,
     )
     response.status_code = status.HTTP_200_OK if final else status.HTTP_202_ACCEPTED
     return JobOut.model_validate(row)

@@ -131,6 +131,7 @@ def _request(body: JobCreate) -> JobRequest:
         delay_s=body.delay_s,
         depends_on=body.depends_on or (),
         timeout_s=body.timeout_s,
+        webhook_url=body.webhook_url,
         depends_on_items=getattr(body, "depends_on_items", None) or (),
     )
 

@@ -21,7 +21,7 @@ from backend.db import utcnow
 from backend.enums import Priority
 from backend.errors import NotFound
 from backend.models import ScheduleRow
-from backend.schemas import ErrorOut, JobOut, JobPage, Timestamp
+from backend.schemas import ErrorOut, JobOut, JobPage, Timestamp, WebhookUrl
 
 router = APIRouter(prefix="/api/v1/schedules", tags=["schedules"], dependencies=[Depends(get_caller)])
 
@@ -48,6 +48,7 @@ class ScheduleCreate(BaseModel):
     priority: Priority | None = Field(default=None, description="Default: the task's own priority.")
     max_retries: int | None = Field(default=None, ge=0, description="Default: the task's own policy.")
     enabled: bool = True
+    webhook_url: WebhookUrl | None = None
 
 
 class ScheduleUpdate(BaseModel):
@@ -62,6 +63,7 @@ class ScheduleUpdate(BaseModel):
     params: dict[str, Any] | None = None
     priority: Priority | None = None
     max_retries: int | None = Field(default=None, ge=0)
+    webhook_url: WebhookUrl | None = Field(default=None, description='"" removes it.')
 
 
 class ScheduleOut(BaseModel):
@@ -83,6 +85,7 @@ class ScheduleOut(BaseModel):
     created_at: Timestamp
     updated_at: Timestamp
     created_by: str | None
+    webhook_url: str | None = None
     next_fire_times: list[Timestamp] = Field(
         default_factory=list, description="The next few fire times in UTC; empty while disabled."
     )
