@@ -93,11 +93,14 @@ def emit(
     if not ids:
         return []
     rows = session.scalars(
-        select(JobRow).where(
+        select(JobRow)
+        .where(
             JobRow.id.in_(ids),
             JobRow.webhook_url.is_not(None),
             JobRow.status.in_([s.value for s in TERMINAL_STATUSES]),
         )
+        # The caller may hold these rows from before its own UPDATE: read them as they are now.
+        .execution_options(populate_existing=True)
     ).all()
     emitted = []
     for row in rows:
