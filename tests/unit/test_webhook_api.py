@@ -15,12 +15,14 @@ from redis import Redis
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from backend import webhooks
+from backend import schedules, webhooks
 from backend.config import Settings
 from backend.db import utcnow
 from backend.enums import Plan, Role
+from backend.firing import fire_due
 from backend.main import create_app
 from backend.models import JobRow
+from backend.tasks import registry
 from tests.conftest import tenant_key
 
 ECHO = {"task": "demo.echo", "params": {}}
@@ -229,3 +231,33 @@ def test_the_event_body_says_what_ended(session: Session) -> None:
         "finished_at": None,
     }
     assert bad["data"]["error"] == "boom" and "result" not in bad["data"]
+
+
+def test_a_schedules_webhook_url_goes_with_every_job_it_fires(
+    session: Session, redis: Redis, make_settings: Any, redis_url: str
+) -> None:
+    settings: Settings = make_settings(redis_url, webhook_allow="127.0.0.0/8")
+    registry.load_modules(settings.task_module_names())
+    made = schedules.create_schedule(
+        session=session,
+        redis=redis,
+        settings=settings,
+        tasks=registry,
+        name="every minute",
+        task="demo.echo",
+        cron="* * * * *",
+        webhook_url="http://127.0.0.1:9/hook",
+    )
+    assert made.next_run_at is not None
+
+    report = fire_due(
+        session=session,
+        redis=redis,
+        settings=settings,
+        tasks=registry,
+        schedule_ids=[made.id],
+        now=made.next_run_at,
+    )
+
+    [fired] = report.fired
+    assert session.get(JobRow, fired).webhook_url == "http://127.0.0.1:9/hook"  # type: ignore[union-attr]
