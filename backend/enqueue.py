@@ -114,7 +114,13 @@ def _put(queue: Queue, settings: Settings, row: JobRow, pipe: Pipeline, waiting:
         result_ttl=settings.result_ttl_s,
         failure_ttl=settings.failure_ttl_s,
         retry=make_retry(row.max_retries, base_s=settings.retry_base_s, cap_s=settings.retry_cap_s),
-        meta={"max_retries": row.max_retries, "epoch": row.epoch or 0, "attempts_base": row.attempts or 0},
+        meta={
+            "max_retries": row.max_retries,
+            "epoch": row.epoch or 0,
+            "attempts_base": row.attempts or 0,
+            # The worker emits an end event only for jobs that have a webhook (no SQL read for the rest).
+            **({"webhook": True} if row.webhook_url else {}),
+        },
         depends_on=Dependency(waiting) if waiting else None,
     )
     if row.run_at is not None and row.run_at > utcnow():

@@ -146,9 +146,12 @@ class JobMirror:
         )
 
     def _emit(self, job: Job) -> None:
-        """The job's end event, if it has a webhook; guarded like a mirror write, never replayed."""
+        """The job's end event, if it has a webhook (its meta says); guarded, never replayed.
+
+        A job enqueued before its row had a webhook, or whose emit failed, is the sweep's.
+        """
         settings = self.settings
-        if settings is not None:
+        if settings is not None and job.meta.get("webhook"):
             self._write(
                 job,
                 lambda s: webhooks.emit(session=s, redis=self.redis, settings=settings, job_ids=[job.id]),

@@ -14,7 +14,9 @@
 A network error, a timeout, 429 or 5xx is retried up to `LANES_WEBHOOK_MAX_RETRIES` times, each
 a new RQ job scheduled after `LANES_WEBHOOK_RETRY_BASE_S × 2^(n-1)` plus up to 25 % jitter, with
 the same `webhook-id`. Any other answer (a 3xx, another 4xx) and a URL refused at send time end
-the event at once. The task itself never raises for a failed delivery: its outcome is in SQL.
+the event at once. The task never raises for a failed delivery: its outcome is in SQL. An error
+of its own (the database away while it records) fails its RQ job, which stays in RQ's failed
+registry of `webhooks` and is not retried.
 """
 
 from __future__ import annotations
