@@ -24,6 +24,7 @@ after a rotation the old secret signs too (a second `v1,` signature), so receive
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import secrets
@@ -109,22 +110,22 @@ def emit(
         key = EMITTED_KEY.format(event_id=body["id"])
         if not redis.set(key, utcnow().isoformat(), nx=True, ex=EMITTED_TTL_S) and not again:
             continue
-        enqueue_attempt(
-            redis,
-            settings,
-            delivery={
-                "event_id": body["id"],
-                "event": event.value,
-                "job_id": row.id,
-                "epoch": row.epoch,
-                "tenant_id": row.tenant_id,
-                "url": row.webhook_url,
-                "body": json.dumps(body, separators=(",", ":"), sort_keys=True),
-            },
-            attempt=1,
-            delay_s=0.0,
-            tag=secrets.token_hex(4) if again else "",
-        )
+        delivery = {
+            "event_id": body["id"],
+            "event": event.value,
+            "job_id": row.id,
+            "epoch": row.epoch,
+            "tenant_id": row.tenant_id,
+            "url": row.webhook_url,
+            "body": json.dumps(body, separators=(",", ":"), sort_keys=True),
+        }
+        try:
+            tag = secrets.token_hex(4) if again else ""
+            enqueue_attempt(redis, settings, delivery=delivery, attempt=1, delay_s=0.0, tag=tag)
+        except Exception:
+            with contextlib.suppress(Exception):
+                redis.delete(key)  # not queued after all: leave the event to the next emit or sweep
+            raise
         emitted.append(body["id"])
     return emitted
 
