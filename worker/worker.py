@@ -9,6 +9,7 @@ deliveries (the `webhooks` queue) are run but not mirrored: they have no row of 
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from typing import Any
 
@@ -131,6 +132,15 @@ class LanesWorker(Worker):
             self.pubsub.close()
 
     # -- cancellation ---------------------------------------------------------------------------
+
+    def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        # RQ kills `os.getpgid(self.horse_pid)`. With no horse (0: between jobs, or just reaped
+        # while a second stop command for the same job arrives) that is `getpgid(0)`, the worker's
+        # own process group: the worker, and whatever started it (a shell, make, a test run).
+        if not self.horse_pid:
+            log.info("no work-horse to stop; the stop command is ignored")
+            return
+        super().kill_horse(sig)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         if self._claim(job, queue):
