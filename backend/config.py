@@ -126,6 +126,10 @@ class Settings(BaseSettings):
         default=86_400, ge=0, description="After a rotation the old secret also signs for this long."
     )
 
+    health_queue_age_s: float = Field(
+        default=300.0, gt=0, description="Health is degraded while a queued job has waited longer than this."
+    )
+
     api_host: str = Field(default="127.0.0.1", description="Address `make api` listens on.")
     api_port: int = Field(
         default=8000, ge=1, le=65535, description="Port `make api` and `make demo` listen on."

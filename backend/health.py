@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from rq.worker_registration import get_keys
 from rq_scheduler import Scheduler
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from backend.models import ScheduleRow
+from backend.enums import JobStatus
+from backend.models import JobRow, ScheduleRow
+from backend.queues import MIRROR_PENDING_KEY
 
 #: The scheduler daemon's registration keys (rq-scheduler's; they expire when heartbeats stop).
 SCHEDULER_KEYS = f"{Scheduler.redis_scheduler_namespace_prefix}*"
@@ -38,11 +42,23 @@ class Health:
     database: str = "ok"
     workers: int = 0
     scheduler: SchedulerHealth = field(default_factory=SchedulerHealth)
+    #: Why it is unhealthy (503): work cannot be taken or done.
     reasons: list[str] = field(default_factory=list)
+    #: Why it is degraded (still 200): work is done, but something needs a look.
+    warnings: list[str] = field(default_factory=list)
+    redis_latency_ms: float | None = None
+    redis_memory_bytes: int | None = None
+    oldest_queued_age_s: float | None = None
+    mirror_pending: int | None = None
 
     @property
     def healthy(self) -> bool:
         return not self.reasons
+
+    @property
+    def status(self) -> str:
+        """`unhealthy` (reasons), `degraded` (only warnings) or `healthy`."""
+        return "unhealthy" if self.reasons else "degraded" if self.warnings else "healthy"
 
 
 def live_worker_count(redis: Redis) -> int:
@@ -96,10 +112,28 @@ def _stamp(raw: Any) -> datetime | None:
         return None
 
 
-def check_health(*, session: Session, redis: Redis) -> Health:
+def check_health(
+    *, session: Session, redis: Redis, now: datetime | None = None, queue_age_s: float = 300.0
+) -> Health:
+    """Redis, the database, workers and schedulers, and the signs of trouble short of an outage.
+
+    Unhealthy: Redis or the database does not answer, no live worker, or enabled schedules and no
+    scheduler. Degraded: the oldest queued job has waited more than `queue_age_s`, or mirror writes
+    wait to be replayed.
+    """
     health = Health()
+    now = now or datetime.now(UTC)
     try:
+        started = time.perf_counter()
         redis.ping()
+        health.redis_latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        with contextlib.suppress(ResponseError):  # INFO may be disabled (managed Redis, ACLs)
+            health.redis_memory_bytes = int(redis.info("memory").get("used_memory", 0))
+        health.mirror_pending = int(redis.scard(MIRROR_PENDING_KEY))
+        if health.mirror_pending:
+            health.warnings.append(
+                f"{health.mirror_pending} job(s) wait for a failed SQL write to be replayed"
+            )
         health.workers = live_worker_count(redis)
         if health.workers == 0:
             health.reasons.append("no live workers: jobs will wait until one starts")
@@ -115,6 +149,16 @@ def check_health(*, session: Session, redis: Redis) -> Health:
             )
             if enabled:
                 health.reasons.append(f"no scheduler running: {enabled} enabled schedule(s) will not fire")
+        oldest = session.scalar(
+            select(func.min(JobRow.enqueued_at)).where(JobRow.status == JobStatus.QUEUED.value)
+        )
+        if oldest is not None:
+            health.oldest_queued_age_s = round(max(0.0, (now - oldest).total_seconds()), 3)
+            if health.oldest_queued_age_s > queue_age_s:
+                health.warnings.append(
+                    f"the oldest queued job has waited {health.oldest_queued_age_s:.0f} s"
+                    f" (more than {queue_age_s:g} s): too few workers?"
+                )
     except SQLAlchemyError as exc:
         health.database = f"unavailable: {type(exc).__name__}"
         health.reasons.append(f"database unavailable: {type(exc).__name__}")

@@ -169,12 +169,21 @@ class SchedulerHealthOut(BaseModel):
 
 
 class HealthOut(BaseModel):
-    status: str = Field(description="`healthy` or `unhealthy`.")
+    status: str = Field(
+        description="`healthy`, `degraded` (200, see warnings) or `unhealthy` (503, see reasons)."
+    )
     redis: str
     database: str
     workers: int
     scheduler: SchedulerHealthOut
     reasons: list[str]
+    warnings: list[str] = Field(default_factory=list)
+    redis_latency_ms: float | None = Field(default=None, description="One PING, as this API process saw it.")
+    redis_memory_bytes: int | None = Field(default=None, description="Redis's used_memory.")
+    oldest_queued_age_s: float | None = Field(
+        default=None, description="How long the oldest queued job has waited."
+    )
+    mirror_pending: int | None = Field(default=None, description="Jobs whose SQL write waits to be replayed.")
 
 
 class ErrorOut(BaseModel):
@@ -235,3 +244,68 @@ class WebhookSecretOut(BaseModel):
     previous_valid_until: Timestamp | None = Field(
         default=None, description="After a rotation, the old secret also signs until then."
     )
+
+
+class QueueOut(BaseModel):
+    """One queue: RQ's counts (platform admins only: they span tenants) and the SQL rows by status."""
+
+    name: str
+    rq: dict[str, int] | None = Field(
+        default=None,
+        description="queued (the list); started, scheduled, deferred, finished, failed, canceled.",
+    )
+    sql: dict[str, int] | None = Field(default=None, description="Rows by status (the caller's tenant's).")
+
+
+class QueuesOut(BaseModel):
+    queues: list[QueueOut]
+    workers: int = Field(description="Live workers.")
+
+
+class Percentiles(BaseModel):
+    p50: float | None
+    p95: float | None
+    count: int
+
+
+class ThroughputPoint(BaseModel):
+    at: Timestamp = Field(description="The start of the bucket.")
+    succeeded: int
+    failed: int
+
+
+class QueueStatsOut(BaseModel):
+    succeeded: int
+    failed: int
+    throughput: list[ThroughputPoint]
+    wait_s: Percentiles = Field(description="Enqueued to started (the last attempt), in seconds.")
+    run_s: Percentiles = Field(description="Started to finished, in seconds.")
+
+
+class StatsOut(BaseModel):
+    """Jobs that finished in the window: throughput per bucket, wait and run time percentiles."""
+
+    window_s: int
+    bucket_s: int
+    since: Timestamp
+    until: Timestamp
+    sampled: int = Field(description="Finished jobs read; at most sample_limit, the newest.")
+    sample_limit: int
+    queues: dict[str, QueueStatsOut]
+
+
+class WorkerOut(BaseModel):
+    """A registered RQ worker."""
+
+    name: str
+    hostname: str | None
+    pid: int | None
+    queues: list[str]
+    state: str = Field(description="idle, busy, suspended, started …")
+    current_job: str | None
+    current_job_started_at: Timestamp | None
+    current_job_elapsed_s: float | None
+    successful_jobs: int
+    failed_jobs: int
+    birth_at: Timestamp | None
+    last_heartbeat_at: Timestamp | None

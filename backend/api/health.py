@@ -1,12 +1,12 @@
 """/api/v1/health: 200 when Redis, the database and at least one worker answer, and a scheduler runs
-where schedules are enabled; 503 otherwise, with the reasons."""
+where schedules are enabled (`healthy`, or `degraded` with warnings); 503 otherwise, with the reasons."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from backend.api.deps import RedisDep, SessionDep
+from backend.api.deps import RedisDep, SessionDep, SettingsDep
 from backend.health import check_health
 from backend.schemas import HealthOut, SchedulerHealthOut
 
@@ -21,15 +21,20 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
-def health(session: SessionDep, redis: RedisDep) -> JSONResponse:
+def health(session: SessionDep, redis: RedisDep, settings: SettingsDep) -> JSONResponse:
     """Report whether Redis, the database, live workers and the scheduler are there, and why not."""
-    result = check_health(session=session, redis=redis)
+    result = check_health(session=session, redis=redis, queue_age_s=settings.health_queue_age_s)
     body = HealthOut(
-        status="healthy" if result.healthy else "unhealthy",
+        status=result.status,
         redis=result.redis,
         database=result.database,
         workers=result.workers,
         scheduler=SchedulerHealthOut.model_validate(result.scheduler),
         reasons=result.reasons,
+        warnings=result.warnings,
+        redis_latency_ms=result.redis_latency_ms,
+        redis_memory_bytes=result.redis_memory_bytes,
+        oldest_queued_age_s=result.oldest_queued_age_s,
+        mirror_pending=result.mirror_pending,
     )
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if result.healthy else 503)

@@ -1,0 +1,195 @@
+"""What the platform is doing, for people watching it: queues as RQ and SQL count them, throughput,
+wait and run times, and the workers. The domain behind `/api/v1/queues` and `/api/v1/workers`.
+
+RQ's side is counted, never listed: `LLEN` of each queue and `ZCARD` of each registry, all in one
+pipelined round trip, however many jobs wait. SQL's side is a `GROUP BY queue, status`, scoped to a
+tenant when one is given (RQ's counts are across tenants, so only platform admins see them).
+Throughput and percentiles come from the jobs that finished inside the window, read as timestamps
+(at most `STATS_SAMPLE` of them, the newest), because SQLite has no percentile function.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from redis import Redis
+from rq.worker import Worker
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from backend.enums import QUEUE_ORDER, WEBHOOK_QUEUE, JobStatus
+from backend.models import JobRow
+from backend.queues import LanesJob
+
+#: Every queue a worker drains, in the default order.
+ALL_QUEUES: tuple[str, ...] = (*(q.value for q in QUEUE_ORDER), WEBHOOK_QUEUE)
+#: RQ's registry keys per queue, counted with ZCARD.
+REGISTRIES = {
+    "started": "rq:wip:{}",
+    "scheduled": "rq:scheduled:{}",
+    "deferred": "rq:deferred:{}",
+    "finished": "rq:finished:{}",
+    "failed": "rq:failed:{}",
+    "canceled": "rq:canceled:{}",
+}
+#: The most finished jobs a stats window reads.
+STATS_SAMPLE = 20_000
+
+
+def rq_counts(redis: Redis, queues: tuple[str, ...] = ALL_QUEUES) -> dict[str, dict[str, int]]:
+    """Per queue: `queued` (its list) and each registry's size, in one round trip."""
+    with redis.pipeline(transaction=False) as pipe:
+        for name in queues:
+            pipe.llen(f"rq:queue:{name}")
+            for key in REGISTRIES.values():
+                pipe.zcard(key.format(name))
+        found = pipe.execute()
+    width = 1 + len(REGISTRIES)
+    counts = {}
+    for index, name in enumerate(queues):
+        values = found[index * width : (index + 1) * width]
+        counts[name] = {
+            "queued": int(values[0]),
+            **{k: int(v) for k, v in zip(REGISTRIES, values[1:], strict=True)},
+        }
+    return counts
+
+
+def sql_counts(session: Session, *, tenant_id: str | None) -> dict[str, dict[str, int]]:
+    """Per queue, the rows in each status (every status present, zeros included)."""
+    query = select(JobRow.queue, JobRow.status, func.count()).group_by(JobRow.queue, JobRow.status)
+    if tenant_id is not None:
+        query = query.where(JobRow.tenant_id == tenant_id)
+    counts: dict[str, dict[str, int]] = {q.value: _zeros() for q in QUEUE_ORDER}
+    for queue, status, count in session.execute(query):
+        counts.setdefault(queue, _zeros())[status] = count
+    return counts
+
+
+def queue_stats(
+    session: Session, *, tenant_id: str | None, now: datetime, window_s: int, bucket_s: int = 60
+) -> dict[str, Any]:
+    """Throughput (succeeded and failed per bucket) and wait and run time percentiles, per queue.
+
+    Over the jobs that finished within `window_s` before `now`; wait is `started_at − enqueued_at`
+    of the last attempt, run is `finished_at − started_at`.
+    """
+    since = now - timedelta(seconds=window_s)
+    query = (
+        select(JobRow.queue, JobRow.status, JobRow.enqueued_at, JobRow.started_at, JobRow.finished_at)
+        .where(
+            JobRow.finished_at >= since,
+            JobRow.finished_at <= now,
+            JobRow.status.in_([JobStatus.SUCCEEDED.value, JobStatus.FAILED.value]),
+        )
+        .order_by(JobRow.finished_at.desc())
+        .limit(STATS_SAMPLE)
+    )
+    if tenant_id is not None:
+        query = query.where(JobRow.tenant_id == tenant_id)
+    buckets = math.ceil(window_s / bucket_s)
+    series: dict[str, dict[str, list[int]]] = defaultdict(
+        lambda: {"succeeded": [0] * buckets, "failed": [0] * buckets}
+    )
+    waits: dict[str, list[float]] = defaultdict(list)
+    runs: dict[str, list[float]] = defaultdict(list)
+    sampled = 0
+    for queue, status, enqueued_at, started_at, finished_at in session.execute(query):
+        assert finished_at is not None  # the query's own condition
+        sampled += 1
+        index = min(buckets - 1, int((finished_at - since).total_seconds() // bucket_s))
+        series[queue][status][index] += 1
+        if started_at is not None:
+            runs[queue].append((finished_at - started_at).total_seconds())
+            if enqueued_at is not None:
+                waits[queue].append(max(0.0, (started_at - enqueued_at).total_seconds()))
+    queues = {}
+    ordered = [q.value for q in QUEUE_ORDER]
+    for queue in ordered + sorted(set(series) - set(ordered)):
+        done = series[queue]
+        queues[queue] = {
+            "succeeded": sum(done["succeeded"]),
+            "failed": sum(done["failed"]),
+            "throughput": [
+                {"at": since + timedelta(seconds=i * bucket_s), "succeeded": s, "failed": f}
+                for i, (s, f) in enumerate(zip(done["succeeded"], done["failed"], strict=True))
+            ],
+            "wait_s": _percentiles(waits[queue]),
+            "run_s": _percentiles(runs[queue]),
+        }
+    return {
+        "window_s": window_s,
+        "bucket_s": bucket_s,
+        "since": since,
+        "until": now,
+        "sampled": sampled,
+        "sample_limit": STATS_SAMPLE,
+        "queues": queues,
+    }
+
+
+def workers(redis: Redis, *, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Every registered worker: who and where it is, its queues and state, its current job."""
+    now = now or datetime.now(UTC)
+    found = []
+    for worker in Worker.all(connection=redis, job_class=LanesJob):
+        current = worker.get_current_job_id()
+        started = _job_started_at(redis, current) if current else None
+        heartbeat = _aware(worker.last_heartbeat)
+        found.append(
+            {
+                "name": worker.name,
+                "hostname": worker.hostname,
+                "pid": worker.pid,
+                "queues": worker.queue_names(),
+                "state": str(worker.get_state()),
+                "current_job": current,
+                "current_job_started_at": started,
+                "current_job_elapsed_s": round((now - started).total_seconds(), 3) if started else None,
+                "successful_jobs": worker.successful_job_count,
+                "failed_jobs": worker.failed_job_count,
+                "birth_at": _aware(worker.birth_date),
+                "last_heartbeat_at": heartbeat,
+            }
+        )
+    return sorted(found, key=lambda w: w["name"])
+
+
+def _job_started_at(redis: Redis, job_id: str) -> datetime | None:
+    raw = redis.hget(f"rq:job:{job_id}", "started_at")
+    if not raw:
+        return None
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    """p50 and p95 (nearest rank), and how many values they rest on."""
+    if not values:
+        return {"p50": None, "p95": None, "count": 0}
+    ordered = sorted(values)
+    return {
+        "p50": round(_rank(ordered, 0.50), 3),
+        "p95": round(_rank(ordered, 0.95), 3),
+        "count": len(ordered),
+    }
+
+
+def _rank(ordered: list[float], q: float) -> float:
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def _zeros() -> dict[str, int]:
+    return {status.value: 0 for status in JobStatus}
