@@ -29,7 +29,7 @@ schedule's jobs, and the schedule moves on to its next time.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,7 +39,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from backend import quotas
+from backend import metrics, quotas
 from backend.config import Settings
 from backend.cron import next_fire_times, next_run_at
 from backend.db import upsert
@@ -190,6 +190,8 @@ def _fire_chunk(
             log.warning("%d firing(s) not enqueued (%s); the reconciler enqueues them", len(queued), exc)
             raise
         report.fired.extend(job.id for job in queued)
+        fired = Counter(job.task for job in queued)
+        metrics.record(redis, [("lanes_jobs_submitted", {"task": task}, n) for task, n in fired.items()])
     reschedule(redis, moves)
     for job in queued:
         log.info("schedule %s fired job %s (%s) on %s", job.schedule_id, job.id, job.task, job.queue)

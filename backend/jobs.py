@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,7 +24,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backend import dependencies, idempotency, pages, quotas
+from backend import dependencies, idempotency, metrics, pages, quotas
 from backend.config import Settings
 from backend.db import utcnow
 from backend.enqueue import enqueue_row as enqueue_row  # re-exported: requeue and the reconciler use it
@@ -113,6 +114,7 @@ def submit(
         session.rollback()  # nothing half-done (an expired key's release) may be left pending
         raise
     _enqueue_or_fail(session, redis, settings, [row], statuses, charge)
+    metrics.count(redis, "lanes_jobs_submitted", task=row.task)
     return Submission(row)
 
 
@@ -178,6 +180,9 @@ def submit_batch(
         session.rollback()
         raise
     _enqueue_or_fail(session, redis, settings, rows, statuses, charge)
+    metrics.record(
+        redis, [("lanes_jobs_submitted", {"task": t}, n) for t, n in Counter(r.task for r in rows).items()]
+    )
     return rows
 
 

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from redis import Redis
 
 from backend import __version__
-from backend.api import control, credits, health, jobs, queues, schedules, tasks, webhooks
+from backend.api import control, credits, health, jobs, metrics, queues, schedules, tasks, webhooks
 from backend.api.body_guard import BodyGuard
 from backend.api.deps import AppContext
 from backend.api.errors import install_error_handlers
@@ -79,6 +79,7 @@ def create_app(
         credits.router,
         webhooks.router,
         queues.router,
+        metrics.router,
         health.router,
         health.liveness,
     ):

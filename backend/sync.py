@@ -22,7 +22,7 @@ from rq.results import Result
 from rq.timeouts import BaseTimeoutException
 from sqlalchemy.orm import Session, sessionmaker
 
-from backend import mirror, webhooks
+from backend import metrics, mirror, webhooks
 from backend.config import Settings
 from backend.db import session_scope, utcnow
 from backend.dependencies import cancel_dependents
@@ -61,10 +61,14 @@ class JobMirror:
     def started(self, job: Job, *, worker: str) -> None:
         values = mirror.started_values(worker=worker, started_at=job.started_at)
         self._advance(job, JobStatus.STARTED, attempt_of(job), values)
+        wait = metrics.job_times(job).get("wait")
+        if wait is not None:
+            metrics.observe_time(self.redis, "lanes_job_wait_seconds", wait, queue=job.origin)
 
     def succeeded(self, job: Job, *, attempt: int, result: Any) -> None:
         values = mirror.succeeded_values(result=result, finished_at=_aware(job.ended_at))
         self._advance(job, JobStatus.SUCCEEDED, attempt, values)
+        self._count(job, "lanes_jobs_succeeded")
         self._emit(job)
 
     def ended_badly(self, job: Job, *, attempt: int, exc_string: str) -> None:
@@ -87,6 +91,8 @@ class JobMirror:
             status = JobStatus.FAILED
             values = mirror.failed_values(error=error, traceback=exc_string, finished_at=_aware(job.ended_at))
         self._advance(job, status, attempt, values)
+        if status != JobStatus.CANCELLED:
+            self._count(job, "lanes_jobs_retried" if status == JobStatus.RETRYING else "lanes_jobs_failed")
         if status in (JobStatus.FAILED, JobStatus.CANCELLED):
             self._emit(job)
             # Jobs waiting on this one can no longer run: cancel them (and theirs) rather than
@@ -145,6 +151,12 @@ class JobMirror:
             ),
         )
 
+    def _count(self, job: Job, counter: str) -> None:
+        """One job end in the shared counters, and its run time (never raises but for signals)."""
+        run = metrics.job_times(job).get("run")
+        times = [("lanes_job_run_seconds", {"queue": job.origin}, run)] if run is not None else []
+        metrics.record(self.redis, [(counter, {"task": job.func_name or ""}, 1)], times)
+
     def _emit(self, job: Job) -> None:
         """The job's end event, if it has a webhook (its meta says); guarded, never replayed.
 
@@ -168,6 +180,7 @@ class JobMirror:
             raise
         except Exception:
             self.failures += 1
+            metrics.count(self.redis, "lanes_mirror_write_failures")
             log.exception("job %s: SQL mirror write failed; it will be replayed from RQ", job.id)
             if replay:
                 try:

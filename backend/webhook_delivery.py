@@ -34,7 +34,7 @@ from rq import get_current_job
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from backend import __version__, webhooks
+from backend import __version__, metrics, webhooks
 from backend.config import Settings, get_settings
 from backend.db import make_engine, make_sessionmaker, session_scope, utcnow
 from backend.errors import InvalidInput
@@ -82,6 +82,8 @@ def attempt(
     final = outcome.delivered or not outcome.retry or number > settings.webhook_max_retries
     with session_scope(sessions) as session:
         _record(session, delivery, number, outcome, final)
+    verdict = "delivered" if outcome.delivered else "given_up" if final else "retrying"
+    metrics.count(redis, "lanes_webhook_deliveries", outcome=verdict)
     if not final:
         delay = settings.webhook_retry_base_s * 2 ** (number - 1) * (1 + random.uniform(0, JITTER))
         webhooks.enqueue_attempt(

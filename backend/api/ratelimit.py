@@ -47,6 +47,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from backend import metrics
 from backend.config import Settings
 from backend.errors import RateLimited
 
@@ -100,6 +101,7 @@ class RateLimits:
             LimitName.DEFAULT: parse(settings.rate_limit_default),
         }
         self.proxies = settings.trusted_proxy_networks()
+        self.redis = redis
         # The app's own connection pool: the limiter follows the API's Redis (URL, TLS, a test's server).
         storage: dict[str, Any] = {"connection_pool": redis.connection_pool, "key_prefix": KEY_PREFIX}
         self._limiter = Limiter(
@@ -134,6 +136,7 @@ class RateLimits:
         request.state.rate_limit = window
         if not allowed:
             self.rejected += 1
+            metrics.count(self.redis, "lanes_rate_limited", limit=name.value)
             raise RateLimited(retry_after_s=window.reset_s)
 
     def client_address(self, request: Request) -> str:
