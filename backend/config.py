@@ -137,6 +137,7 @@ class Settings(BaseSettings):
 
     sql_echo: bool = False
     log_level: str = "INFO"
+    log_json: bool = Field(default=False, description="Log one JSON object a line instead of text.")
 
     def task_module_names(self) -> list[str]:
         return [name.strip() for name in self.task_modules.split(",") if name.strip()]

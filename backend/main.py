@@ -37,7 +37,7 @@ def create_app(
     `redis` lets tests hand in a client, and `clock` a time of their own for quotas.
     """
     settings = settings or get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, json=settings.log_json)
     registry.load_modules(settings.task_module_names())
 
     @asynccontextmanager

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.days < 0:
         parser.error("--days must not be negative")
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, json=settings.log_json)
     engine = make_engine(settings.database_url, echo=settings.sql_echo)
     try:
         with make_sessionmaker(engine)() as session:

@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     settings = get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, json=settings.log_json)
     redis = make_redis(settings.redis_url)
     engine = make_engine(settings.database_url, echo=settings.sql_echo)
     try:

@@ -30,6 +30,8 @@ from backend.enums import JobStatus
 from backend.queues import MIRROR_PENDING_KEY, LanesJob, attempt_of, epoch_of, scheduled_at
 
 log = logging.getLogger(__name__)
+#: One line per job state change (started: its wait; retrying, succeeded, failed: its run).
+job_log = logging.getLogger("lanes.jobs")
 
 REPLAY_BATCH = 100
 
@@ -136,8 +138,36 @@ class JobMirror:
 
         return sink
 
+    def _log_change(self, job: Job, status: JobStatus, attempt: int) -> None:
+        """One line per state change, with what a log search wants as fields (JSON with LANES_LOG_JSON)."""
+        times = metrics.job_times(job)
+        duration = times.get("run") if status != JobStatus.STARTED else times.get("wait")
+        job_log.info(
+            "job %s %s (%s on %s, attempt %d%s)",
+            job.id,
+            status.value,
+            job.func_name,
+            job.origin,
+            attempt,
+            f", {duration:.3f} s" if duration is not None else "",
+            extra={
+                "job_id": job.id,
+                "task": job.func_name,
+                "queue": job.origin,
+                "status": status.value,
+                "attempt": attempt,
+                "duration_s": None if duration is None else round(duration, 6),
+            },
+        )
+
     def _advance(self, job: Job, status: JobStatus, attempt: int, values: dict[str, Any]) -> None:
         # Everything that reads the job stays inside the guarded write: nothing here may fail a job.
+        try:
+            self._log_change(job, status, attempt)
+        except SIGNALLED:
+            raise
+        except Exception:  # a log line never fails a job either
+            log.debug("job %s: state change not logged", job.id, exc_info=True)
         self._write(
             job,
             lambda s: mirror.advance(

@@ -48,7 +48,7 @@ def build_scheduler(settings: Settings, *, name: str | None = None) -> LanesSche
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     settings = get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, json=settings.log_json)
     scheduler = build_scheduler(settings, name=args.name)
     housekeeping = None
     if not (args.burst or args.no_housekeeping):

@@ -66,7 +66,7 @@ def build_worker(settings: Settings, *, queues: list[str], name: str | None = No
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     settings = get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, json=settings.log_json)
     worker = build_worker(settings, queues=queue_names(args.queues), name=args.name)
     log.info("worker %s on queues %s", worker.name, ", ".join(worker.queue_names()))
     worker.work(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -77,3 +78,28 @@ def test_metrics_are_for_platform_admins(live_api: TestClient, database_url: str
 
     assert (refused.status_code, refused.json()["code"]) == (403, "forbidden")
     assert anonymous.status_code == 401
+
+
+def test_a_worker_with_json_logs_writes_one_json_line_per_job_state_change(
+    live_api: TestClient, workers: WorkerFactory
+) -> None:
+    worker = workers.start(log_json=1)
+    job = submit(live_api, "demo.fail", {}, max_retries=1)
+    wait_for_status(live_api, job["id"], "failed", timeout_s=60)
+
+    lines = [line for line in worker.log().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line is JSON, RQ's own included
+    changes = [r for r in records if r["logger"] == "lanes.jobs" and r.get("job_id") == job["id"]]
+
+    assert [(r["status"], r["attempt"]) for r in changes] == [
+        ("started", 1),
+        ("retrying", 1),
+        ("started", 2),
+        ("failed", 2),
+    ]
+    for record in changes:
+        assert (record["task"], record["queue"], record["level"]) == ("demo.fail", "low", "INFO")
+        assert record["duration_s"] is None or record["duration_s"] >= 0
+        assert record["timestamp"].endswith("+00:00")
+    assert changes[-1]["duration_s"] is not None
+    assert any(r["logger"].startswith("rq.") for r in records)
