@@ -21,8 +21,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend.enums import QUEUE_ORDER, WEBHOOK_QUEUE, JobStatus
+from backend.errors import InvalidInput, NotFound
 from backend.models import JobRow
-from backend.queues import LanesJob
+from backend.queues import PAUSED_KEY, LanesJob
 
 #: Every queue a worker drains, in the default order.
 ALL_QUEUES: tuple[str, ...] = (*(q.value for q in QUEUE_ORDER), WEBHOOK_QUEUE)
@@ -193,3 +194,30 @@ def _rank(ordered: list[float], q: float) -> float:
 
 def _zeros() -> dict[str, int]:
     return {status.value: 0 for status in JobStatus}
+
+
+def paused_queues(redis: Redis) -> set[str]:
+    """The queues an admin paused."""
+    return {name.decode() if isinstance(name, bytes) else str(name) for name in redis.smembers(PAUSED_KEY)}
+
+
+def pause(redis: Redis, queue: str, *, paused: bool) -> None:
+    """Pause a queue (workers stop taking its jobs within a poll; submits still go in), or resume it."""
+    if queue not in ALL_QUEUES:
+        raise NotFound(f"queue {queue!r} not found", code="queue_not_found")
+    if paused:
+        redis.sadd(PAUSED_KEY, queue)
+    else:
+        redis.srem(PAUSED_KEY, queue)
+
+
+def queued_ids(redis: Redis, queue: str) -> list[str]:
+    """The ids waiting on a job queue, head first; `InvalidInput` for the webhooks queue."""
+    if queue not in ALL_QUEUES:
+        raise NotFound(f"queue {queue!r} not found", code="queue_not_found")
+    if queue == WEBHOOK_QUEUE:
+        raise InvalidInput("the webhooks queue holds deliveries, not jobs", code="not_a_job_queue")
+    return [
+        raw.decode() if isinstance(raw, bytes) else str(raw)
+        for raw in redis.lrange(f"rq:queue:{queue}", 0, -1)
+    ]

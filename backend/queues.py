@@ -52,6 +52,12 @@ class LanesJob(Job):
         return registry.get(self.func_name)
 
 
+#: Queues an admin paused: workers stop taking their jobs (submits are still accepted).
+PAUSED_KEY = "lanes:paused"
+#: What a worker listens on while every one of its queues is paused: nothing is ever put there.
+IDLE_QUEUE = "lanes-idle"
+
+
 def make_redis(url: str, *, socket_timeout_s: float | None = REDIS_SOCKET_TIMEOUT_S) -> Redis:
     """A client for `url` that fails fast when Redis is away instead of hanging a request."""
     return Redis.from_url(

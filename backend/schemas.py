@@ -255,6 +255,12 @@ class QueueOut(BaseModel):
         description="queued (the list); started, scheduled, deferred, finished, failed, canceled.",
     )
     sql: dict[str, int] | None = Field(default=None, description="Rows by status (the caller's tenant's).")
+    paused: bool = Field(default=False, description="Workers take none of its jobs until it is resumed.")
+
+
+class QueueControlOut(BaseModel):
+    name: str
+    paused: bool
 
 
 class QueuesOut(BaseModel):

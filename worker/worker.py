@@ -13,6 +13,7 @@ import signal
 import time
 from typing import Any
 
+from redis.exceptions import RedisError
 from rq import Worker
 from rq.executions import Execution
 from rq.job import Job
@@ -22,7 +23,7 @@ from rq.scheduler import RQScheduler
 
 from backend.control import CLAIM_SCRIPT
 from backend.enums import WEBHOOK_QUEUE
-from backend.queues import attempt_of, cancel_flag_key
+from backend.queues import IDLE_QUEUE, PAUSED_KEY, attempt_of, cancel_flag_key, queue_for
 from backend.sync import JobMirror
 from backend.tasks.reporting import set_progress_sink
 
@@ -80,10 +81,27 @@ class LanesWorker(Worker):
     def run_maintenance_tasks(self) -> None:
         if self._replay_due:
             self._last_replay = time.monotonic()
+            self._skip_paused_queues()
             self.mirror.replay_pending()
             self._take_over_scheduling()
         if super().should_run_maintenance_tasks:
             super().run_maintenance_tasks()
+
+    def _skip_paused_queues(self) -> None:
+        """Listen only on the queues no admin has paused (`lanes:paused`), read every poll.
+
+        With every queue paused the worker listens on an idle queue nothing is put on, so it still
+        wakes every poll to look again.
+        """
+        try:
+            members = self.connection.smembers(PAUSED_KEY)
+            paused = {name.decode() if isinstance(name, bytes) else str(name) for name in members}
+        except RedisError:
+            return  # keep the last view; the dequeue itself will report Redis trouble
+        serving = [queue for queue in self.queues if queue.name not in paused]
+        if [q.name for q in serving] != [q.name for q in self._ordered_queues]:
+            log.info("worker %s: paused %s", self.name, ", ".join(sorted(paused)) or "none")
+        self._ordered_queues = serving or [queue_for(IDLE_QUEUE, self.connection)]
 
     def _take_over_scheduling(self) -> None:
         # RQ tries for a dead worker's scheduler locks only at its 10-minute maintenance, so

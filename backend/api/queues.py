@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
 
-from backend import observe
+from backend import control, observe
 from backend.api.auth import CallerDep, PlatformAdminDep, get_caller
-from backend.api.deps import NowDep, RedisDep, SessionDep
+from backend.api.control import CancelReport, Refused
+from backend.api.deps import NowDep, RedisDep, SessionDep, SettingsDep
 from backend.health import live_worker_count
-from backend.schemas import ErrorOut, QueueOut, QueuesOut, StatsOut, WorkerOut
+from backend.schemas import ErrorOut, QueueControlOut, QueueOut, QueuesOut, StatsOut, WorkerOut
 
 router = APIRouter(prefix="/api/v1", tags=["queues and workers"], dependencies=[Depends(get_caller)])
 
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (401, 403, 422, 429, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (401, 403, 404, 422, 429, 503)
+}
+QueueName = Annotated[str, Path(max_length=64)]
 
 
 @router.get("/queues", response_model=QueuesOut, responses=ERRORS)
@@ -23,9 +27,43 @@ def list_queues(session: SessionDep, redis: RedisDep, caller: CallerDep) -> Queu
     sql = observe.sql_counts(session, tenant_id=caller.scope)
     rq = observe.rq_counts(redis) if caller.platform_admin else {}
     names = list(observe.ALL_QUEUES) + sorted(set(sql) - set(observe.ALL_QUEUES))
+    paused = observe.paused_queues(redis)
     return QueuesOut(
-        queues=[QueueOut(name=name, rq=rq.get(name), sql=sql.get(name)) for name in names],
+        queues=[
+            QueueOut(name=name, rq=rq.get(name), sql=sql.get(name), paused=name in paused) for name in names
+        ],
         workers=live_worker_count(redis),
+    )
+
+
+@router.post("/queues/{name}/pause", response_model=QueueControlOut, responses=ERRORS)
+def pause_queue(name: QueueName, redis: RedisDep, caller: PlatformAdminDep) -> QueueControlOut:
+    """Pause a queue: workers stop taking its jobs within a poll; submits are still accepted (admins)."""
+    observe.pause(redis, name, paused=True)
+    return QueueControlOut(name=name, paused=True)
+
+
+@router.post("/queues/{name}/resume", response_model=QueueControlOut, responses=ERRORS)
+def resume_queue(name: QueueName, redis: RedisDep, caller: PlatformAdminDep) -> QueueControlOut:
+    """Resume a paused queue: workers take its jobs again within a poll (platform admins)."""
+    observe.pause(redis, name, paused=False)
+    return QueueControlOut(name=name, paused=False)
+
+
+@router.post("/queues/{name}/empty", response_model=CancelReport, responses=ERRORS)
+def empty_queue(
+    name: QueueName, session: SessionDep, redis: RedisDep, settings: SettingsDep, caller: PlatformAdminDep
+) -> CancelReport:
+    """Cancel every job waiting on a queue: gone from Redis, `cancelled` in SQL (platform admins)."""
+    ids = observe.queued_ids(redis, name)
+    selection = control.Selection(ids=ids, tenant_id=None)
+    report = control.cancel_many(
+        session=session, redis=redis, selection=selection, by=caller.label, settings=settings
+    )
+    return CancelReport(
+        cancelled=report.done,
+        stopping=report.in_progress,
+        not_cancelled=[Refused.model_validate(item) for item in report.refused],
     )
 
 

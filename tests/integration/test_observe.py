@@ -111,3 +111,53 @@ def test_health_reports_redis_latency_and_memory_and_is_degraded_while_a_job_wai
     workers.start("normal")
     wait_for_status(api, job["id"], "succeeded")
     assert api.get("/api/v1/health").json()["status"] == "healthy"
+
+
+def test_a_paused_queue_is_skipped_by_workers_until_it_is_resumed_and_submits_still_go_in(
+    live_api: TestClient, workers: WorkerFactory, redis: Any, database_url: str
+) -> None:
+    worker = workers.start(worker_poll_s=1)
+    key = f"rq:worker:{worker.name}"
+
+    def two_polls() -> None:
+        for _ in range(2):  # the worker reads the paused queues at every poll, between heartbeats
+            seen = redis.hget(key, "last_heartbeat")
+            wait_for(
+                lambda seen=seen: redis.hget(key, "last_heartbeat") != seen,
+                timeout_s=20,
+                message="a heartbeat",
+            )
+
+    assert live_api.post("/api/v1/queues/normal/pause").json() == {"name": "normal", "paused": True}
+    two_polls()
+    waiting = submit(live_api, "demo.echo", {"n": 1})
+    urgent = submit(live_api, "demo.echo", {"n": 2}, priority="high")
+    wait_for_status(live_api, urgent["id"], "succeeded")
+    two_polls()  # and still the paused job waits
+    paused = {q["name"]: q for q in live_api.get("/api/v1/queues").json()["queues"]}["normal"]
+    member = {"Authorization": f"Bearer {tenant_key(database_url, 'alice', role=Role.ADMIN, plan=Plan.PRO)}"}
+    refused = live_api.post("/api/v1/queues/normal/resume", headers=member)
+
+    assert paused["paused"] is True and paused["rq"]["queued"] == 1
+    assert live_api.get(f"/api/v1/jobs/{waiting['id']}").json()["status"] == "queued"
+    assert (refused.status_code, refused.json()["code"]) == (403, "forbidden")
+    assert live_api.post("/api/v1/queues/normal/resume").json()["paused"] is False
+    wait_for_status(live_api, waiting["id"], "succeeded")
+    assert live_api.post("/api/v1/queues/nope/pause").status_code == 404
+
+
+def test_emptying_a_queue_cancels_its_jobs_in_redis_and_sql(live_api: TestClient, redis: Any) -> None:
+    jobs = [submit(live_api, "demo.echo", {"n": n}) for n in range(3)]
+    other = submit(live_api, "demo.echo", {}, priority="high")
+
+    report = live_api.post("/api/v1/queues/normal/empty")
+
+    assert report.status_code == 200, report.text
+    assert sorted(report.json()["cancelled"]) == sorted(job["id"] for job in jobs)
+    assert redis.llen("rq:queue:normal") == 0 and redis.llen("rq:queue:high") == 1
+    for job in jobs:
+        row = live_api.get(f"/api/v1/jobs/{job['id']}").json()
+        assert row["status"] == "cancelled" and row["cancelled_by"].startswith("operator:")
+    assert live_api.get(f"/api/v1/jobs/{other['id']}").json()["status"] == "queued"
+    webhooks = live_api.post("/api/v1/queues/webhooks/empty")
+    assert (webhooks.status_code, webhooks.json()["code"]) == (422, "not_a_job_queue")
