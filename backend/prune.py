@@ -5,6 +5,10 @@ the cutoff go, in batches found through the (status, finished_at) index, each co
 own so a large prune never holds one long transaction. An unfinished job is never touched, and
 neither is a final row without `finished_at`. Redis keeps its own copy only for
 `LANES_RESULT_TTL_S` / `LANES_FAILURE_TTL_S`, whatever SQL keeps.
+
+The same retention applies to webhook delivery attempts (`webhook_deliveries`, by when they were
+made) and to the daily quota counters (`tenant_usage` rows of a `day`); the monthly counters stay,
+as a tenant's usage history.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -20,7 +25,7 @@ from backend.config import get_settings
 from backend.db import make_engine, make_sessionmaker, utcnow
 from backend.enums import TERMINAL_STATUSES
 from backend.logs import configure_logging
-from backend.models import JobRow
+from backend.models import JobRow, UsageRow, WebhookDeliveryRow
 
 log = logging.getLogger("backend.prune")  # also when run as __main__
 
@@ -48,7 +53,36 @@ def prune(
         session.commit()
         deleted += result.rowcount  # type: ignore[attr-defined]
     log.info("prune: deleted %d finished rows older than %s", deleted, cutoff.isoformat())
+    deliveries = _delete_in_batches(
+        session,
+        WebhookDeliveryRow,
+        WebhookDeliveryRow.id,
+        (WebhookDeliveryRow.delivered_at < cutoff,),
+        batch_size,
+    )
+    days = session.execute(
+        delete(UsageRow)
+        .where(UsageRow.period == "day", UsageRow.starts_on < cutoff.date())
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    session.commit()
+    log.info("prune: deleted %d webhook attempts and %d daily quota counters too", deliveries, days)
     return deleted
+
+
+def _delete_in_batches(
+    session: Session, model: Any, key: Any, where: tuple[Any, ...], batch_size: int
+) -> int:
+    deleted = 0
+    while True:
+        keys = list(session.scalars(select(key).where(*where).limit(batch_size)))
+        if not keys:
+            return deleted
+        result = session.execute(
+            delete(model).where(key.in_(keys)).execution_options(synchronize_session=False)
+        )
+        session.commit()
+        deleted += result.rowcount  # type: ignore[attr-defined]
 
 
 def main(argv: list[str] | None = None) -> int:

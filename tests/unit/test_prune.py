@@ -10,10 +10,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from backend import tenants
 from backend.db import utcnow
 from backend.enums import JobStatus
 from backend.jobs import new_job_id
-from backend.models import JobRow
+from backend.models import JobRow, UsageRow, WebhookDeliveryRow
 from backend.prune import prune
 from tests.helpers import ROOT, lanes_env
 
@@ -96,3 +97,29 @@ def test_make_prune_deletes_rows_past_lanes_retention_days(session: Session, dat
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "pruned 1 finished job rows older than 7 days"
     assert remaining(session) == {young} and old not in remaining(session)
+
+
+def test_prune_also_drops_old_webhook_attempts_and_daily_quota_counters_but_keeps_the_months(
+    session: Session,
+) -> None:
+    tenant = tenants.create_tenant(session=session, name="acme")
+    for days_ago in (40, 2):
+        when = NOW - timedelta(days=days_ago)
+        session.add(
+            WebhookDeliveryRow(
+                job_id="j", event_id=f"msg_j_{days_ago}", event="job.succeeded", url="http://x/", attempt=1,
+                delivered=True, delivered_at=when,
+            )
+        )  # fmt: skip
+        for period in ("day", "month"):
+            session.add(
+                UsageRow(tenant_id=tenant.id, period=period, starts_on=when.date(), used=1, updated_at=when)
+            )
+    session.commit()
+
+    prune(session=session, older_than_days=30, now=NOW)
+
+    session.expire_all()
+    assert [d.event_id for d in session.scalars(select(WebhookDeliveryRow))] == ["msg_j_2"]
+    kept = sorted((u.period, (NOW.date() - u.starts_on).days) for u in session.scalars(select(UsageRow)))
+    assert kept == [("day", 2), ("month", 2), ("month", 40)]
