@@ -10,7 +10,7 @@ ARGS ?=
 
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install up down migrate api worker scheduler admin reconcile prune demo test test-fast lint format bench clean help
+.PHONY: install up down migrate api worker scheduler admin reconcile prune demo test test-fast lint format bench clean help browser
 
 help:
 	@echo "make demo      run the whole platform (Redis, SQLite, API, two workers, scheduler) in one terminal"
@@ -58,7 +58,10 @@ prune: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m scripts.demo
 
-test: $(STAMP) lint
+browser:
+	sh scripts/ensure_chromium.sh
+
+test: $(STAMP) lint browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)

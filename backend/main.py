@@ -16,6 +16,7 @@ from redis import Redis
 from backend import __version__
 from backend.api import control, credits, health, jobs, metrics, queues, schedules, tasks, webhooks
 from backend.api.body_guard import BodyGuard
+from backend.api.dashboard import mount_dashboard
 from backend.api.deps import AppContext
 from backend.api.errors import install_error_handlers
 from backend.api.ratelimit import RateLimitHeaders, RateLimits
@@ -71,6 +72,7 @@ def create_app(
     app.add_middleware(
         BodyGuard, max_body_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth
     )
+    mount_dashboard(app)
     for router in (
         control.router,
         jobs.router,

@@ -171,6 +171,7 @@ class Demo:
         api = self.api_url
         print(f"""
 Lanes is running.
+  dashboard       {api}/dashboard   (paste the key below)
   API docs        {api}/docs
   jobs            {api}/api/v1/jobs
   one job         {api}/api/v1/jobs/{first_id}
