@@ -30,7 +30,7 @@ from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -40,7 +40,7 @@ from backend.db import utcnow
 from backend.enums import TERMINAL_STATUSES, JobStatus, Priority
 from backend.errors import BackendUnavailable, Conflict, NotFound, QuotaExceeded
 from backend.jobs import enqueue_row, get_job
-from backend.models import JobRow
+from backend.models import JobRow, WebhookDeliveryRow
 from backend.queues import CANCEL_FLAG_TTL_S, LanesJob, cancel_flag_key
 from backend.sync import sync_from_rq
 
@@ -380,3 +380,23 @@ def requeue_many(
         else:
             report.done.append(job_id)
     return report
+
+
+# -- delete -------------------------------------------------------------------------------------
+
+
+def delete_job(*, session: Session, redis: Redis, job_id: str) -> None:
+    """Delete an ended job's row, its webhook attempts, and RQ's record of it.
+
+    Raises NotFound, and Conflict (`job_not_finished`) for a job that has not ended: cancel it first.
+    """
+    row = get_job(session=session, job_id=job_id)
+    if JobStatus(row.status) not in TERMINAL_STATUSES:
+        raise Conflict(
+            {"message": f"job {job_id} has not ended: {row.status}; cancel it first", "status": row.status},
+            code="job_not_finished",
+        )
+    _forget_in_rq(redis, job_id)
+    session.execute(delete(WebhookDeliveryRow).where(WebhookDeliveryRow.job_id == job_id))
+    session.execute(delete(JobRow).where(JobRow.id == job_id, JobRow.status == row.status))
+    session.commit()

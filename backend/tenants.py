@@ -165,3 +165,18 @@ def verify_key(*, session: Session, key: str) -> ApiKeyRow | None:
     session.execute(update(ApiKeyRow).where(ApiKeyRow.id == row.id).values(last_used_at=utcnow()))
     session.commit()
     return row
+
+
+def scope_for(*, session: Session, own: str, admin: bool, asked: str | None) -> str | None:
+    """The tenant id a query is limited to: a platform admin's choice (all when None), else the caller's own.
+
+    Naming another tenant is `NotFound` for anyone but a platform admin, like another tenant's job.
+    """
+    if asked is None:
+        return None if admin else own
+    if admin:
+        return get_tenant(session=session, name_or_id=asked).id
+    tenant = session.get(TenantRow, own)
+    if tenant is None or asked not in (tenant.id, tenant.name):
+        raise NotFound(f"tenant {asked!r} not found", code="tenant_not_found")
+    return own

@@ -11,8 +11,8 @@ from pydantic import ValidationError
 from redis import Redis
 from sqlalchemy.orm import Session
 
-from backend import estimates, jobs
-from backend.api.auth import CallerDep, get_caller
+from backend import control, estimates, jobs, tenants
+from backend.api.auth import CallerDep, PlatformAdminDep, get_caller
 from backend.api.deps import NowDep, RedisDep, SessionDep, SettingsDep, TasksDep
 from backend.api.errors import validation_code
 from backend.api.ratelimit import LimitName, route_limit
@@ -147,14 +147,20 @@ def list_jobs(
     priority: Priority | None = None,
     limit: Annotated[int, Query(ge=1)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
+    tenant: Annotated[
+        str | None, Query(max_length=200, description="One tenant's jobs, by name or id (platform admins).")
+    ] = None,
 ) -> JobPage:
     """List jobs, newest first, one page at a time."""
+    scope = tenants.scope_for(
+        session=session, own=caller.tenant_id, admin=caller.platform_admin, asked=tenant
+    )
     rows, next_cursor = jobs.list_jobs(
         session=session,
         filters=jobs.JobFilter(status=status, task=task, priority=priority),
         limit=min(limit, settings.list_limit_max),
         cursor=cursor,
-        tenant_id=caller.scope,
+        tenant_id=scope,
     )
     return JobPage(items=with_estimates(session, redis, rows), next_cursor=next_cursor)
 
@@ -191,3 +197,17 @@ def with_estimates(session: Session, redis: Redis, rows: Sequence[JobRow]) -> li
 
 def _valid_id(job_id: str) -> bool:
     return re.fullmatch(JOB_ID_PATTERN, job_id) is not None
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT, responses=ERRORS)
+def delete_job(
+    job_id: Annotated[str, Path(max_length=200)],
+    session: SessionDep,
+    redis: RedisDep,
+    caller: PlatformAdminDep,
+) -> Response:
+    """Delete an ended job: its row, its webhook attempts and RQ's record (platform admins)."""
+    if not _valid_id(job_id):
+        raise NotFound(f"job {job_id!r} not found", code="job_not_found")
+    control.delete_job(session=session, redis=redis, job_id=job_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -91,7 +91,7 @@ const views = {
 
   async jobs(_, params) {
     const query = new URLSearchParams({ limit: "25" });
-    for (const name of ["status", "task", "priority", "cursor"]) if (params.get(name)) query.set(name, params.get(name));
+    for (const name of ["status", "task", "priority", "tenant", "cursor"]) if (params.get(name)) query.set(name, params.get(name));
     const page = await api(`/api/v1/jobs?${query}`);
     const rows = page.items.map((j) => `<tr data-job="${h(j.id)}"><td>${jobLink(j.id)}</td><td>${h(j.task)}</td><td>${h(j.queue)}</td>` +
       `<td>${badge(j.status)}</td><td class="num">${j.progress}%</td><td class="num">${j.attempts}</td><td>${h(when(j.created_at))}</td></tr>`);
@@ -99,7 +99,8 @@ const views = {
       values.map((v) => `<option${params.get(name) === v ? " selected" : ""}>${v}</option>`).join("") + "</select>";
     const next = page.next_cursor ? (() => { const p = new URLSearchParams(params); p.set("cursor", page.next_cursor); return `<a href="#/jobs?${p}">older →</a>`; })() : "";
     return `<form class="filters" id="job-filters">${option("status", ["scheduled", "queued", "started", "retrying", "succeeded", "failed", "cancelled"])}` +
-      option("priority", ["high", "normal", "low"]) + `<input name="task" placeholder="task" value="${h(params.get("task") || "")}"><button>Filter</button></form>` +
+      option("priority", ["high", "normal", "low"]) + `<input name="task" placeholder="task" value="${h(params.get("task") || "")}">` +
+      `<input name="tenant" placeholder="tenant (admins)" value="${h(params.get("tenant") || "")}"><button>Filter</button></form>` +
       table(["job", "task", "queue", "status", { label: "progress", num: 1 }, { label: "attempts", num: 1 }, "created"], rows) + `<p>${next}</p>`;
   },
 
@@ -114,7 +115,8 @@ const views = {
     return `<h2>Job <code>${h(job.id)}</code> ${badge(job.status)}</h2>` +
       `<p>${h(job.task)} on <b>${h(job.queue)}</b>, attempt ${job.attempts} of ${job.max_retries + 1}${job.stage ? `, stage: ${h(job.stage)}` : ""}</p>` +
       `<div class="bar" title="${job.progress}%"><div style="width:${job.progress}%"></div></div> <span id="progress">${job.progress}%</span>` +
-      `<p>${waiting ? '<button id="cancel" class="danger">Cancel</button>' : ""} ${["failed", "cancelled"].includes(job.status) ? '<button id="retry">Retry</button>' : ""}</p>` +
+      `<p>${waiting ? '<button id="cancel" class="danger">Cancel</button>' : ""} ${["failed", "cancelled"].includes(job.status) ? '<button id="retry">Retry</button>' : ""}` +
+      ` ${waiting ? "" : '<button id="delete" class="danger" title="platform admins">Delete</button>'}</p>` +
       `<h2>Params</h2><pre>${h(JSON.stringify(job.params, null, 2))}</pre>` +
       (job.result !== null ? `<h2>Result</h2><pre>${h(JSON.stringify(job.result, null, 2))}</pre>` : "") +
       (job.error ? `<h2>Error</h2><pre class="error">${h(job.error)}</pre>` : "") +
@@ -167,6 +169,11 @@ document.addEventListener("click", async (event) => {
     cancel: () => api(`/api/v1/jobs/${encodeURIComponent(route().id)}/cancel`, { method: "POST" }),
     retry: () => api(`/api/v1/jobs/${encodeURIComponent(route().id)}/retry`, { method: "POST" }),
     "retry-all": () => api("/api/v1/jobs/retry", { method: "POST", body: JSON.stringify({ status: "failed" }) }),
+    delete: async () => {
+      if (!confirm("Delete this job's row and RQ's record of it?")) return;
+      await api(`/api/v1/jobs/${encodeURIComponent(route().id)}`, { method: "DELETE" });
+      location.hash = "#/jobs";
+    },
     forget: async () => { sessionStorage.removeItem(KEY); askForKey(""); },
   };
   const byClass = {

@@ -156,3 +156,9 @@ def test_retry_on_a_failed_job_and_cancel_on_a_queued_one(
     page.wait_for_selector(".status.cancelled", timeout=10_000)
     shot(page, "cancelled")
     assert stack.job(waiting["id"])["status"] == "cancelled"
+
+    page.on("dialog", lambda dialog: dialog.accept())  # "Delete this job…?"
+    page.click("#delete")
+    page.wait_for_function("location.hash === '#/jobs'", timeout=10_000)
+    gone = httpx.get(f"{stack.url}/api/v1/jobs/{waiting['id']}", headers=stack.headers, timeout=10)
+    assert gone.status_code == 404
