@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from redis import Redis
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from backend import jobs, pages
@@ -217,6 +217,22 @@ def run_now(
     )
     session.commit()
     return job
+
+
+def last_jobs(*, session: Session, schedule_ids: list[str]) -> dict[str, JobRow]:
+    """The newest job each schedule fired (by hand or on time), for the schedules that fired any."""
+    if not schedule_ids:
+        return {}
+    newest = (
+        select(JobRow.schedule_id, func.max(JobRow.created_at).label("created_at"))
+        .where(JobRow.schedule_id.in_(schedule_ids))
+        .group_by(JobRow.schedule_id)
+        .subquery()
+    )
+    query = select(JobRow).join(
+        newest, (JobRow.schedule_id == newest.c.schedule_id) & (JobRow.created_at == newest.c.created_at)
+    )
+    return {row.schedule_id: row for row in session.scalars(query) if row.schedule_id is not None}
 
 
 def list_schedule_jobs(

@@ -20,7 +20,7 @@ from backend.api.ratelimit import LimitName, route_limit
 from backend.db import utcnow
 from backend.enums import Priority
 from backend.errors import NotFound
-from backend.models import ScheduleRow
+from backend.models import JobRow, ScheduleRow
 from backend.schemas import ErrorOut, JobOut, JobPage, Timestamp, WebhookUrl
 
 router = APIRouter(prefix="/api/v1/schedules", tags=["schedules"], dependencies=[Depends(get_caller)])
@@ -86,6 +86,10 @@ class ScheduleOut(BaseModel):
     updated_at: Timestamp
     created_by: str | None
     webhook_url: str | None = None
+    last_job_id: str | None = Field(default=None, description="The newest job it fired (lists only).")
+    last_job_status: str | None = Field(
+        default=None, description="That job's status: the last run's outcome."
+    )
     next_fire_times: list[Timestamp] = Field(
         default_factory=list, description="The next few fire times in UTC; empty while disabled."
     )
@@ -98,9 +102,10 @@ class SchedulePage(BaseModel):
     )
 
 
-def _out(row: ScheduleRow) -> ScheduleOut:
+def _out(row: ScheduleRow, last: JobRow | None = None) -> ScheduleOut:
     fire_times = cron.coming_fire_times(row, now=utcnow())
-    return ScheduleOut.model_validate(row).model_copy(update={"next_fire_times": fire_times})
+    outcome = {"last_job_id": last.id, "last_job_status": last.status} if last is not None else {}
+    return ScheduleOut.model_validate(row).model_copy(update={"next_fire_times": fire_times, **outcome})
 
 
 def _check_id(schedule_id: str) -> None:
@@ -144,7 +149,8 @@ def list_schedules(
     rows, next_cursor = schedules.list_schedules(
         session=session, limit=min(limit, settings.list_limit_max), cursor=cursor, tenant_id=caller.scope
     )
-    return SchedulePage(items=[_out(row) for row in rows], next_cursor=next_cursor)
+    last = schedules.last_jobs(session=session, schedule_ids=[row.id for row in rows])
+    return SchedulePage(items=[_out(row, last.get(row.id)) for row in rows], next_cursor=next_cursor)
 
 
 @router.get("/{schedule_id}", response_model=ScheduleOut, responses=ERRORS)

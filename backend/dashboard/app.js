@@ -69,7 +69,9 @@ const views = {
       return `<tr data-queue="${h(q.name)}"><td>${h(q.name)}${q.paused ? ' <span class="muted">(paused)</span>' : ""}</td>` +
         `<td class="num depth">${q.rq ? rq.queued : (sql.queued ?? "")}</td><td class="num">${q.rq ? rq.started : (sql.started ?? "")}</td>` +
         `<td class="num">${q.rq ? rq.scheduled : (sql.scheduled ?? "")}</td><td class="num">${sql.retrying ?? ""}</td>` +
-        `<td class="num">${q.rq ? rq.failed : (sql.failed ?? "")}</td><td class="num">${sql.succeeded ?? ""}</td></tr>`;
+        `<td class="num">${q.rq ? rq.failed : (sql.failed ?? "")}</td><td class="num">${sql.succeeded ?? ""}</td>` +
+        (q.rq ? `<td><button class="${q.paused ? "resume" : "pause"}" data-id="${h(q.name)}">${q.paused ? "Resume" : "Pause"}</button>` +
+          (q.name !== "webhooks" ? ` <button class="empty danger" data-id="${h(q.name)}">Empty</button>` : "") + "</td>" : "<td></td>") + "</tr>";
     });
     const times = Object.entries(stats.queues).map(([name, s]) =>
       `<tr><td>${h(name)}</td><td class="num">${s.succeeded}</td><td class="num">${s.failed}</td>` +
@@ -83,7 +85,7 @@ const views = {
     return `<div class="cards"><div class="card"><div class="muted">live workers</div><div class="big" id="live-workers">${queues.workers}</div></div>` +
       `<div class="card"><div class="muted">finished, last hour</div><div class="big">${stats.sampled}</div></div></div>` +
       `<h2>Queues</h2>` + table(["queue", { label: "waiting", num: 1 }, { label: "started", num: 1 }, { label: "scheduled", num: 1 },
-        { label: "retrying", num: 1 }, { label: "failed", num: 1 }, { label: "succeeded", num: 1 }], rows) +
+        { label: "retrying", num: 1 }, { label: "failed", num: 1 }, { label: "succeeded", num: 1 }, ""], rows) +
       `<h2>Throughput, last hour (per minute: succeeded, failed)</h2>${throughputChart(all)}` +
       `<h2>Wait and run times, last hour (seconds)</h2>` + table(["queue", { label: "succeeded", num: 1 }, { label: "failed", num: 1 },
         { label: "wait p50", num: 1 }, { label: "wait p95", num: 1 }, { label: "run p50", num: 1 }, { label: "run p95", num: 1 }], times);
@@ -151,9 +153,10 @@ const views = {
 
   async schedules() {
     const page = await api("/api/v1/schedules?limit=200");
-    return table(["name", "task", "cron", "time zone", "next fire times", "last run", "", ""],
+    return table(["name", "task", "cron", "time zone", "next fire times", "last run", "outcome", "", ""],
       page.items.map((s) => `<tr data-schedule="${h(s.id)}"><td>${h(s.name)}</td><td>${h(s.task)}</td><td><code>${h(s.cron)}</code></td><td>${h(s.timezone)}</td>` +
         `<td>${s.next_fire_times.slice(0, 3).map((t) => h(when(t))).join("<br>")}</td><td>${h(when(s.last_run_at))}</td>` +
+        `<td>${s.last_job_id ? `${badge(s.last_job_status)} ${jobLink(s.last_job_id)}` : ""}</td>` +
         `<td><button class="toggle" data-id="${h(s.id)}" data-enabled="${s.enabled}">${s.enabled ? "Disable" : "Enable"}</button></td>` +
         `<td><button class="run-now" data-id="${h(s.id)}">Run now</button></td></tr>`));
   },
@@ -179,6 +182,9 @@ document.addEventListener("click", async (event) => {
   const byClass = {
     "retry-one": () => api(`/api/v1/jobs/${encodeURIComponent(id)}/retry`, { method: "POST" }),
     "run-now": () => api(`/api/v1/schedules/${encodeURIComponent(id)}/run`, { method: "POST" }),
+    pause: () => api(`/api/v1/queues/${encodeURIComponent(id)}/pause`, { method: "POST" }),
+    resume: () => api(`/api/v1/queues/${encodeURIComponent(id)}/resume`, { method: "POST" }),
+    empty: async () => { if (confirm(`Cancel every job waiting on ${id}?`)) await api(`/api/v1/queues/${encodeURIComponent(id)}/empty`, { method: "POST" }); },
     toggle: () => api(`/api/v1/schedules/${encodeURIComponent(id)}`, { method: "PATCH", body: JSON.stringify({ enabled: target.dataset.enabled !== "true" }) }),
   };
   const action = actions[target.id] || byClass[[...target.classList].find((c) => byClass[c])];

@@ -129,8 +129,16 @@ def test_each_page_shows_the_platform_and_a_job_moves_from_queued_to_succeeded(
         page.wait_for_selector(selector, timeout=10_000)
         shot(page, name)
     assert "nightly report" in page.inner_text("main") and "Europe/Paris" in page.inner_text("main")
+    page.click("tr[data-schedule] button.run-now")
+    page.wait_for_selector("tr[data-schedule] .status", timeout=10_000)  # the run's outcome
     page.goto(f"{stack.url}/dashboard#/overview")
     page.wait_for_function("document.getElementById('live-workers')?.textContent === '1'", timeout=10_000)
+    page.click("tr[data-queue=low] button.pause")
+    page.wait_for_selector("tr[data-queue=low] button.resume")
+    paused = httpx.get(f"{stack.url}/api/v1/queues", headers=stack.headers, timeout=10).json()["queues"]
+    assert [q["name"] for q in paused if q["paused"]] == ["low"]
+    page.click("tr[data-queue=low] button.resume")
+    page.wait_for_selector("tr[data-queue=low] button.pause")
 
 
 def test_retry_on_a_failed_job_and_cancel_on_a_queued_one(
