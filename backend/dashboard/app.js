@@ -59,6 +59,30 @@ function throughputChart(points) {
     `<text x="${pad}" y="14" font-size="11" fill="#667085">max ${max}/min</text>${bars}</svg>`;
 }
 
+function percentileChart(queues) {
+  // One group per queue: wait p50, wait p95, run p50, run p95, as horizontal bars on one scale.
+  const series = [["wait p50", "wait_s", "p50", "#fdb022"], ["wait p95", "wait_s", "p95", "#f79009"],
+    ["run p50", "run_s", "p50", "#84adff"], ["run p95", "run_s", "p95", "#2e90fa"]];
+  const entries = Object.entries(queues);
+  const max = Math.max(0.001, ...entries.flatMap(([, s]) => series.map(([, kind, p]) => s[kind][p] || 0)));
+  const row = 14, label = 110, width = 720, height = entries.length * (series.length * row + 12) + 10;
+  let y = 6;
+  const parts = entries.map(([name, s]) => {
+    const group = series.map(([what, kind, p, color]) => {
+      const value = s[kind][p];
+      const bar = value ? ((width - label - 80) * value) / max : 0;
+      const out = `<text x="4" y="${y + 10}" font-size="11" fill="#667085">${h(name)} ${what}</text>` +
+        `<rect x="${label}" y="${y + 2}" width="${bar}" height="${row - 4}" fill="${color}"></rect>` +
+        `<text x="${label + bar + 4}" y="${y + 10}" font-size="11">${value ?? "–"}</text>`;
+      y += row;
+      return out;
+    }).join("");
+    y += 12;
+    return group;
+  }).join("");
+  return `<svg class="chart" width="${width}" height="${height}" role="img" aria-label="wait and run percentiles">${parts}</svg>`;
+}
+
 // -- views ----------------------------------------------------------------------------------------
 
 const views = {
@@ -87,7 +111,7 @@ const views = {
       `<h2>Queues</h2>` + table(["queue", { label: "waiting", num: 1 }, { label: "started", num: 1 }, { label: "scheduled", num: 1 },
         { label: "retrying", num: 1 }, { label: "failed", num: 1 }, { label: "succeeded", num: 1 }, ""], rows) +
       `<h2>Throughput, last hour (per minute: succeeded, failed)</h2>${throughputChart(all)}` +
-      `<h2>Wait and run times, last hour (seconds)</h2>` + table(["queue", { label: "succeeded", num: 1 }, { label: "failed", num: 1 },
+      `<h2>Wait and run times, last hour (seconds)</h2>${percentileChart(stats.queues)}` + table(["queue", { label: "succeeded", num: 1 }, { label: "failed", num: 1 },
         { label: "wait p50", num: 1 }, { label: "wait p95", num: 1 }, { label: "run p50", num: 1 }, { label: "run p95", num: 1 }], times);
   },
 
