@@ -70,7 +70,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy backend worker scheduler
+	$(BIN)/mypy backend worker scheduler lanes
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

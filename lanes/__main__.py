@@ -1,0 +1,5 @@
+"""`python -m lanes`: the `lanes` command."""
+
+from lanes.cli import main
+
+main()
