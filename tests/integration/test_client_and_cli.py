@@ -18,7 +18,7 @@ from backend.devredis import free_port
 from lanes import client as api
 from lanes.cli import main
 from tests.conftest import tenant_key
-from tests.helpers import ROOT, ApiFactory, WorkerFactory
+from tests.helpers import ROOT, ApiFactory, WorkerFactory, lanes_env
 
 pytestmark = pytest.mark.integration
 
@@ -232,3 +232,18 @@ def test_the_installed_command_runs_as_a_real_process(
     assert done.returncode == 0, done.stderr
     assert "succeeded" in done.stdout
     assert usage.returncode == 2 and "Missing argument" in usage.stderr
+
+
+def test_lanes_worker_runs_a_worker_like_make_worker(
+    lanes: api.Lanes, redis_url: str, database_url: str, tmp_path: Path
+) -> None:
+    job = lanes.submit("demo.echo", {"n": 1})
+    script = Path(sys.executable).with_name("lanes")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "lanes"]
+    env = lanes_env(redis_url=redis_url, database_url=database_url)
+
+    args = [*command, "worker", "--burst", "--name", "w-cli"]
+    burst = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    assert burst.returncode == 0, burst.stderr
+    assert lanes.get(job["id"])["status"] == "succeeded" and lanes.get(job["id"])["worker"] == "w-cli"
