@@ -10,7 +10,7 @@ ARGS ?=
 
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install up down migrate api worker scheduler admin reconcile prune demo test test-fast lint format bench clean help browser
+.PHONY: up-docker down-docker install up down migrate api worker scheduler admin reconcile prune demo test test-fast lint format bench clean help browser
 
 help:
 	@echo "make demo      run the whole platform (Redis, SQLite, API, two workers, scheduler) in one terminal"
@@ -78,6 +78,12 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+up-docker:
+	docker compose -f docker/docker-compose.yml up -d --build
+
+down-docker:
+	docker compose -f docker/docker-compose.yml down
 
 clean:
 	rm -rf $(VENV) .lanes .mypy_cache .ruff_cache .pytest_cache

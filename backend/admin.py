@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from backend import quotas, tenants
 from backend.config import Settings, get_settings
-from backend.db import make_engine, make_sessionmaker, utcnow
+from backend.db import engine_for, make_sessionmaker, utcnow
 from backend.enums import Plan, Role
 from backend.errors import AppError
 
@@ -136,7 +136,7 @@ def run(session: Session, args: argparse.Namespace, settings: Settings | None = 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = get_settings()
-    engine = make_engine(settings.database_url, echo=settings.sql_echo)
+    engine = engine_for(settings)
     try:
         with make_sessionmaker(engine)() as session:
             lines = run(session, args, settings)

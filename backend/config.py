@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network, ip_network
+from typing import Literal
 
 from limits import parse_many
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backend.webhook_urls import Allowance
@@ -29,6 +30,16 @@ class Settings(BaseSettings):
     database_url: str = Field(
         default="sqlite:///./lanes.db", validation_alias=AliasChoices("DATABASE_URL", "LANES_DATABASE_URL")
     )
+
+    env: Literal["development", "production"] = Field(
+        default="development",
+        description="`production` refuses the unsafe defaults (SQLite, loopback webhooks).",
+    )
+    db_pool_size: int = Field(
+        default=5, ge=1, description="Connections each process keeps open to PostgreSQL."
+    )
+    db_max_overflow: int = Field(default=10, ge=0, description="Extra PostgreSQL connections under load.")
+    db_pool_timeout_s: float = Field(default=30.0, gt=0, description="Wait for a free connection this long.")
 
     task_modules: str = Field(default="", description="Comma-separated modules that register more tasks.")
 
@@ -138,6 +149,26 @@ class Settings(BaseSettings):
     sql_echo: bool = False
     log_level: str = "INFO"
     log_json: bool = Field(default=False, description="Log one JSON object a line instead of text.")
+
+    @model_validator(mode="after")
+    def _production(self) -> Settings:
+        """`LANES_ENV=production` refuses what is only safe on a laptop."""
+        if self.env != "production":
+            return self
+        if self.database_url.startswith("sqlite"):
+            raise ValueError("LANES_ENV=production refuses SQLite: set DATABASE_URL to a PostgreSQL database")
+        allowed = Allowance.parse(self.webhook_allow)
+        for network in allowed.networks:
+            if network.is_loopback or network.is_private or network.is_link_local:
+                raise ValueError(
+                    f"LANES_ENV=production refuses LANES_WEBHOOK_ALLOW={network}: webhooks must not reach"
+                    " loopback, private or link-local addresses in production"
+                )
+        if "localhost" in allowed.hosts:
+            raise ValueError("LANES_ENV=production refuses LANES_WEBHOOK_ALLOW=localhost")
+        if not self.rate_limit_enabled:
+            raise ValueError("LANES_ENV=production refuses LANES_RATE_LIMIT_ENABLED=false")
+        return self
 
     def task_module_names(self) -> list[str]:
         return [name.strip() for name in self.task_modules.split(",") if name.strip()]

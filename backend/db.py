@@ -37,14 +37,24 @@ def _dispose_inherited_pools() -> None:
 os.register_at_fork(after_in_child=_dispose_inherited_pools)
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
-    """An engine for `url`: SQLite in WAL mode with a busy timeout, or a pre-pinging server pool."""
+def make_engine(
+    url: str,
+    *,
+    echo: bool = False,
+    pool_size: int | None = None,
+    max_overflow: int | None = None,
+    pool_timeout_s: float | None = None,
+) -> Engine:
+    """An engine for `url`: SQLite in WAL mode with a busy timeout, or a pre-pinging server pool
+    (sized by `pool_size`, `max_overflow`, `pool_timeout_s` where given: LANES_DB_POOL_*)."""
     parsed = make_url(url)
     kwargs: dict[str, Any] = {"echo": echo}
     if parsed.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
     else:
         kwargs["pool_pre_ping"] = True
+        sizes = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout_s}
+        kwargs.update({key: value for key, value in sizes.items() if value is not None})
         if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
     engine = create_engine(parsed, **kwargs)
@@ -118,3 +128,14 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def engine_for(settings: Any) -> Engine:
+    """The process's engine from its settings: URL, echo and the PostgreSQL pool's size."""
+    return make_engine(
+        settings.database_url,
+        echo=settings.sql_echo,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout_s=settings.db_pool_timeout_s,
+    )

@@ -163,3 +163,21 @@ def check_health(
         health.database = f"unavailable: {type(exc).__name__}"
         health.reasons.append(f"database unavailable: {type(exc).__name__}")
     return health
+
+
+def check_ready(*, session: Session, redis: Redis) -> list[str]:
+    """Why this API process cannot serve requests now (Redis or the database away); empty when it can.
+
+    Unlike `check_health`, live workers and schedulers do not count: an orchestrator asks this to
+    decide whether to send the process traffic, and the API accepts jobs while no worker runs.
+    """
+    reasons = []
+    try:
+        redis.ping()
+    except RedisError as exc:
+        reasons.append(f"redis unavailable: {type(exc).__name__}")
+    try:
+        session.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        reasons.append(f"database unavailable: {type(exc).__name__}")
+    return reasons

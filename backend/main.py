@@ -21,10 +21,11 @@ from backend.api.deps import AppContext
 from backend.api.errors import install_error_handlers
 from backend.api.ratelimit import RateLimitHeaders, RateLimits
 from backend.config import Settings, get_settings
-from backend.db import make_engine, make_sessionmaker, utcnow
+from backend.db import engine_for, make_sessionmaker, utcnow
 from backend.logs import configure_logging
 from backend.queues import make_redis
 from backend.tasks import registry
+from backend.tenants import refuse_demo_keys
 
 
 def create_app(
@@ -43,7 +44,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.database_url, echo=settings.sql_echo)
+        engine = engine_for(settings)
+        if settings.env == "production":
+            refuse_demo_keys(engine)
         client = redis if redis is not None else make_redis(settings.redis_url)
         app.state.lanes = AppContext(
             settings=settings,

@@ -22,7 +22,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from backend.config import get_settings
-from backend.db import make_engine, make_sessionmaker, utcnow
+from backend.db import engine_for, make_sessionmaker, utcnow
 from backend.enums import TERMINAL_STATUSES
 from backend.logs import configure_logging
 from backend.models import JobRow, UsageRow, WebhookDeliveryRow
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.days < 0:
         parser.error("--days must not be negative")
     configure_logging(settings.log_level, json=settings.log_json)
-    engine = make_engine(settings.database_url, echo=settings.sql_echo)
+    engine = engine_for(settings)
     try:
         with make_sessionmaker(engine)() as session:
             deleted = prune(session=session, older_than_days=args.days)

@@ -51,7 +51,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from backend import dependencies, webhooks
 from backend.config import Settings, get_settings
-from backend.db import make_engine, make_sessionmaker, session_scope, utcnow
+from backend.db import engine_for, make_sessionmaker, session_scope, utcnow
 from backend.enums import QUEUE_ORDER, JobStatus, Priority
 from backend.logs import configure_logging
 from backend.models import JobRow
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
     redis = make_redis(settings.redis_url)
-    engine = make_engine(settings.database_url, echo=settings.sql_echo)
+    engine = engine_for(settings)
     try:
         report = reconcile(sessions=make_sessionmaker(engine), redis=redis, settings=settings)
     finally:

@@ -15,6 +15,7 @@ import re
 import secrets
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -180,3 +181,23 @@ def scope_for(*, session: Session, own: str, admin: bool, asked: str | None) -> 
     if tenant is None or asked not in (tenant.id, tenant.name):
         raise NotFound(f"tenant {asked!r} not found", code="tenant_not_found")
     return own
+
+
+#: The tenant `make demo` makes: its keys are printed on a terminal, and never belong in production.
+DEMO_TENANT = "demo"
+
+
+def refuse_demo_keys(engine: Any) -> None:
+    """Refuse to start (RuntimeError) while the demo tenant has a live key: LANES_ENV=production."""
+    with Session(engine) as session:
+        live = session.scalar(
+            select(ApiKeyRow.prefix)
+            .join(TenantRow, TenantRow.id == ApiKeyRow.tenant_id)
+            .where(TenantRow.name == DEMO_TENANT, ApiKeyRow.revoked_at.is_(None))
+            .limit(1)
+        )
+    if live is not None:
+        raise RuntimeError(
+            f"LANES_ENV=production refuses to start while the {DEMO_TENANT!r} tenant has a live key"
+            f" (lanes_{live}_…): revoke it with `python -m backend.admin revoke-key {live}`"
+        )

@@ -12,7 +12,7 @@ import argparse
 import logging
 
 from backend.config import Settings, get_settings
-from backend.db import make_engine, make_sessionmaker
+from backend.db import engine_for, make_sessionmaker
 from backend.logs import configure_logging
 from backend.queues import make_redis
 from backend.tasks import registry
@@ -39,7 +39,7 @@ def build_scheduler(settings: Settings, *, name: str | None = None) -> LanesSche
     """A scheduler with its own Redis client and SQL engine, built in this process."""
     registry.load_modules(settings.task_module_names())
     redis = make_redis(settings.redis_url)
-    engine = make_engine(settings.database_url, echo=settings.sql_echo)
+    engine = engine_for(settings)
     return LanesScheduler(
         redis=redis, sessions=make_sessionmaker(engine), settings=settings, tasks=registry, name=name
     )

@@ -12,7 +12,7 @@ import logging
 from rq.serializers import JSONSerializer
 
 from backend.config import Settings, get_settings
-from backend.db import make_engine, make_sessionmaker
+from backend.db import engine_for, make_sessionmaker
 from backend.enums import WORKER_QUEUES
 from backend.logs import configure_logging
 from backend.queues import LanesJob, all_queues, make_redis
@@ -43,7 +43,7 @@ def build_worker(settings: Settings, *, queues: list[str], name: str | None = No
     """A worker with its own Redis client and SQL engine, built in this process."""
     registry.load_modules(settings.task_module_names())
     redis = make_redis(settings.redis_url, socket_timeout_s=None)
-    engine = make_engine(settings.database_url, echo=settings.sql_echo)
+    engine = engine_for(settings)
     worker = LanesWorker(
         all_queues(redis, queues),
         name=name,

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from backend.api.deps import RedisDep, SessionDep, SettingsDep
-from backend.health import check_health
+from backend.health import check_health, check_ready
 from backend.schemas import HealthOut, SchedulerHealthOut
 
 router = APIRouter(prefix="/api/v1", tags=["health"])
@@ -18,6 +18,14 @@ liveness = APIRouter(tags=["health"])
 def healthz() -> dict[str, str]:
     """Liveness: the process answers. Checks nothing else, so orchestrators never restart it for Redis."""
     return {"status": "ok"}
+
+
+@liveness.get("/readyz", responses={503: {"description": "Redis or the database does not answer."}})
+def readyz(session: SessionDep, redis: RedisDep) -> JSONResponse:
+    """Readiness: Redis and the database answer, so this process can take requests (no key needed)."""
+    reasons = check_ready(session=session, redis=redis)
+    body = {"status": "not ready" if reasons else "ready", "reasons": reasons}
+    return JSONResponse(body, status_code=503 if reasons else 200)
 
 
 @router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})

@@ -18,7 +18,7 @@ UNAUTHORIZED = {
     "detail": "a valid API key is required: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
     "code": "unauthorized",
 }
-OPEN_PATHS = {"/api/v1/health", "/healthz"}
+OPEN_PATHS = {"/api/v1/health", "/healthz", "/readyz"}
 
 
 @pytest.fixture
