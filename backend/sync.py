@@ -181,6 +181,10 @@ class JobMirror:
             ),
         )
 
+    def sync(self, job: Job) -> None:
+        """Bring the job's row up to RQ's record of it (guarded; replayed later if it fails)."""
+        self._write(job, lambda s: sync_from_rq(s, self.redis, job.id))
+
     def _count(self, job: Job, counter: str) -> None:
         """One job end in the shared counters, and its run time (never raises but for signals)."""
         run = metrics.job_times(job).get("run")

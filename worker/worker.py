@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from rq import Worker
 from rq.executions import Execution
 from rq.job import Job
+from rq.job import JobStatus as RQJobStatus
 from rq.queue import Queue
 from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
@@ -157,8 +158,20 @@ class LanesWorker(Worker):
         # own process group: the worker, and whatever started it (a shell, make, a test run).
         if not self.horse_pid:
             log.info("no work-horse to stop; the stop command is ignored")
+            self._stopped_job_id = None  # nothing was stopped: the job ended on its own
             return
         super().kill_horse(sig)
+
+    def _handle_stopped_job(self, job: Job, queue: Queue, execution: Execution) -> None:
+        # A stop command can land just after the horse recorded the job's success and before it
+        # exited: RQ would then mark a finished job stopped (and its row already says succeeded).
+        # The job was not stopped; it finished. Leave it so.
+        if job.get_status() == RQJobStatus.FINISHED:
+            log.info("job %s had finished before the stop command took effect; it stays finished", job.id)
+            self._stopped_job_id = None
+            self.mirror.sync(job)  # the horse may have died before it wrote `succeeded`
+            return
+        super()._handle_stopped_job(job, queue, execution)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         if self._claim(job, queue):
