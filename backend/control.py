@@ -34,7 +34,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from backend import dependencies, mirror, quotas, webhooks
+from backend import dependencies, mirror, observe, quotas, webhooks
 from backend.config import Settings
 from backend.db import utcnow
 from backend.enums import TERMINAL_STATUSES, JobStatus, Priority
@@ -248,6 +248,14 @@ def cancel_many(
         else:
             (report.done if final else report.in_progress).append(row.id)
     return report
+
+
+def empty_queue(
+    *, session: Session, redis: Redis, queue: str, by: str, settings: Settings | None = None
+) -> BulkReport:
+    """Cancel every job waiting on a job queue, as a bulk cancel of their ids (any tenant's)."""
+    ids = observe.queued_ids(redis, queue)
+    return cancel_many(session=session, redis=redis, selection=Selection(ids=ids), by=by, settings=settings)
 
 
 # -- requeue ------------------------------------------------------------------------------------

@@ -179,7 +179,30 @@ def _ended(job: dict[str, Any]) -> dict[str, Any]:
     return job
 
 
-class Lanes:
+class _Client:
+    """What the sync and async clients share: where the API is, the key, and when to retry."""
+
+    url: str
+    retry_rate_limited: bool
+    max_rate_limit_retries: int
+
+    def _configure(
+        self, url: str | None, api_key: str | None, retry_rate_limited: bool, max_rate_limit_retries: int
+    ) -> dict[str, str]:
+        """Settle the URL and retry policy; the headers every call carries."""
+        self.url, key = settings(url, api_key)
+        self.retry_rate_limited = retry_rate_limited
+        self.max_rate_limit_retries = max_rate_limit_retries
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _retry_wait(self, error: ApiError, attempt: int) -> float | None:
+        """How long to wait before trying `error`'s call again; None to raise it now."""
+        if not (isinstance(error, RateLimited) and self.retry_rate_limited):
+            return None
+        return error.retry_after_s if attempt < self.max_rate_limit_retries else None
+
+
+class Lanes(_Client):
     """A client of one Lanes API. Use it as a context manager, or call `close()`."""
 
     def __init__(
@@ -192,10 +215,7 @@ class Lanes:
         max_rate_limit_retries: int = 5,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.url, key = settings(url, api_key)
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.retry_rate_limited = retry_rate_limited
-        self.max_rate_limit_retries = max_rate_limit_retries
+        headers = self._configure(url, api_key, retry_rate_limited, max_rate_limit_retries)
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s, transport=transport)
 
     def __enter__(self) -> Lanes:
@@ -219,12 +239,10 @@ class Lanes:
             if response.is_success:
                 return response.json() if response.content else None
             error = _error(response)
-            if (
-                not (isinstance(error, RateLimited) and self.retry_rate_limited)
-                or attempt == self.max_rate_limit_retries
-            ):
+            wait = self._retry_wait(error, attempt)
+            if wait is None:
                 raise error
-            time.sleep(error.retry_after_s)
+            time.sleep(wait)
         raise AssertionError("unreachable")
 
     # -- jobs --------------------------------------------------------------------------------------
@@ -320,7 +338,7 @@ class Lanes:
         self.request("DELETE", f"/api/v1/schedules/{schedule_id}")
 
 
-class AsyncLanes:
+class AsyncLanes(_Client):
     """`Lanes`, for asyncio: the same methods, awaited; `list` is an async iterator."""
 
     def __init__(
@@ -333,10 +351,7 @@ class AsyncLanes:
         max_rate_limit_retries: int = 5,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.url, key = settings(url, api_key)
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.retry_rate_limited = retry_rate_limited
-        self.max_rate_limit_retries = max_rate_limit_retries
+        headers = self._configure(url, api_key, retry_rate_limited, max_rate_limit_retries)
         self._http = httpx.AsyncClient(
             base_url=self.url, headers=headers, timeout=timeout_s, transport=transport
         )
@@ -361,12 +376,10 @@ class AsyncLanes:
             if response.is_success:
                 return response.json() if response.content else None
             error = _error(response)
-            if (
-                not (isinstance(error, RateLimited) and self.retry_rate_limited)
-                or attempt == self.max_rate_limit_retries
-            ):
+            wait = self._retry_wait(error, attempt)
+            if wait is None:
                 raise error
-            await asyncio.sleep(error.retry_after_s)
+            await asyncio.sleep(wait)
         raise AssertionError("unreachable")
 
     async def submit(

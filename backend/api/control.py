@@ -69,6 +69,15 @@ class CancelReport(BaseModel):
     stopping: list[str] = Field(description="Running: sent RQ's stop command; they end `cancelled` shortly.")
     not_cancelled: list[Refused]
 
+    @classmethod
+    def of(cls, report: control.BulkReport) -> CancelReport:
+        """A bulk cancel's outcome as the API answers it."""
+        return cls(
+            cancelled=report.done,
+            stopping=report.in_progress,
+            not_cancelled=[Refused.model_validate(item) for item in report.refused],
+        )
+
 
 class RetryReport(BaseModel):
     requeued: list[str]
@@ -88,11 +97,7 @@ def cancel_jobs(
     report = control.cancel_many(
         session=session, redis=redis, selection=body.to_domain(caller), by=caller.label, settings=settings
     )
-    return CancelReport(
-        cancelled=report.done,
-        stopping=report.in_progress,
-        not_cancelled=[Refused.model_validate(item) for item in report.refused],
-    )
+    return CancelReport.of(report)
 
 
 @router.post("/retry", response_model=RetryReport, responses=ERRORS)

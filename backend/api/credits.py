@@ -10,7 +10,6 @@ from backend import quotas, tenants
 from backend.api.auth import CallerDep, PlatformAdminDep, get_caller
 from backend.api.deps import NowDep, SessionDep, SettingsDep
 from backend.errors import NotFound
-from backend.models import TenantRow
 from backend.schemas import CreditsOut, ErrorOut, TenantOut
 
 router = APIRouter(prefix="/api/v1", tags=["tenants"], dependencies=[Depends(get_caller)])
@@ -29,7 +28,7 @@ def get_credits(
     ] = None,
 ) -> CreditsOut:
     """Show the caller's quota credits: limit, used, remaining and reset time, per day and month."""
-    row = _tenant(session, caller.tenant_id)
+    row = tenants.get_tenant(session=session, name_or_id=caller.tenant_id)
     if tenant is not None and tenant not in (row.name, row.id):
         if not caller.platform_admin:
             raise NotFound(f"tenant {tenant!r} not found", code="tenant_not_found")
@@ -56,10 +55,3 @@ def list_tenants(
         )
         for row in tenants.list_tenants(session=session)
     ]
-
-
-def _tenant(session: SessionDep, tenant_id: str) -> TenantRow:
-    row = session.get(TenantRow, tenant_id)
-    if row is None:  # the key's tenant was deleted under the request
-        raise NotFound("tenant not found", code="tenant_not_found")
-    return row

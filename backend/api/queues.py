@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Path, Query
 
 from backend import control, observe
 from backend.api.auth import CallerDep, PlatformAdminDep, get_caller
-from backend.api.control import CancelReport, Refused
+from backend.api.control import CancelReport
 from backend.api.deps import NowDep, RedisDep, SessionDep, SettingsDep
 from backend.health import live_worker_count
 from backend.schemas import ErrorOut, QueueControlOut, QueueOut, QueuesOut, StatsOut, WorkerOut
@@ -55,16 +55,8 @@ def empty_queue(
     name: QueueName, session: SessionDep, redis: RedisDep, settings: SettingsDep, caller: PlatformAdminDep
 ) -> CancelReport:
     """Cancel every job waiting on a queue: gone from Redis, `cancelled` in SQL (platform admins)."""
-    ids = observe.queued_ids(redis, name)
-    selection = control.Selection(ids=ids, tenant_id=None)
-    report = control.cancel_many(
-        session=session, redis=redis, selection=selection, by=caller.label, settings=settings
-    )
-    return CancelReport(
-        cancelled=report.done,
-        stopping=report.in_progress,
-        not_cancelled=[Refused.model_validate(item) for item in report.refused],
-    )
+    report = control.empty_queue(session=session, redis=redis, queue=name, by=caller.label, settings=settings)
+    return CancelReport.of(report)
 
 
 @router.get("/queues/stats", response_model=StatsOut, responses=ERRORS)
