@@ -9,9 +9,10 @@ from __future__ import annotations
 from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Literal
+from urllib.parse import urlsplit
 
 from limits import parse_many
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backend.webhook_urls import Allowance
@@ -29,6 +30,32 @@ class Settings(BaseSettings):
     )
     database_url: str = Field(
         default="sqlite:///./lanes.db", validation_alias=AliasChoices("DATABASE_URL", "LANES_DATABASE_URL")
+    )
+
+    redis_username: str = Field(
+        default="", description="Redis ACL user, when REDIS_URL names none (`redis://user:pw@host` wins)."
+    )
+    redis_password: SecretStr = Field(
+        default=SecretStr(""), description="Redis password, when REDIS_URL carries none (from a secret)."
+    )
+    redis_tls_ca_file: str = Field(
+        default="", description="CA bundle that signs Redis's certificate (rediss://)."
+    )
+    redis_tls_cert_file: str = Field(default="", description="Client certificate, where Redis asks for one.")
+    redis_tls_key_file: str = Field(default="", description="The client certificate's private key.")
+    redis_tls_verify: Literal["required", "optional", "none"] = Field(
+        default="required", description="Check Redis's certificate (`none` only for a test server)."
+    )
+    redis_tls_check_hostname: bool = Field(
+        default=True, description="Check that Redis's certificate names the host in REDIS_URL."
+    )
+    redis_sentinels: str = Field(
+        default="",
+        description="Comma-separated Sentinel host:port list; REDIS_URL then gives only db, user and TLS.",
+    )
+    redis_sentinel_master: str = Field(default="mymaster", description="The master's name in Sentinel.")
+    redis_sentinel_password: SecretStr = Field(
+        default=SecretStr(""), description="Password of the Sentinels themselves, where they ask for one."
     )
 
     env: Literal["development", "production"] = Field(
@@ -168,7 +195,19 @@ class Settings(BaseSettings):
             raise ValueError("LANES_ENV=production refuses LANES_WEBHOOK_ALLOW=localhost")
         if not self.rate_limit_enabled:
             raise ValueError("LANES_ENV=production refuses LANES_RATE_LIMIT_ENABLED=false")
+        if self.redis_tls_verify == "none" and self.redis_url.startswith("rediss://"):
+            raise ValueError(
+                "LANES_ENV=production refuses LANES_REDIS_TLS_VERIFY=none: give it the CA instead"
+            )
         return self
+
+    def redis_sentinel_addresses(self) -> list[tuple[str, int]]:
+        """`redis_sentinels` as (host, port) pairs; a bare host means Sentinel's port 26379."""
+        addresses = []
+        for part in filter(None, (part.strip() for part in self.redis_sentinels.split(","))):
+            host, colon, port = part.rpartition(":")
+            addresses.append((host, int(port)) if colon else (part, 26379))
+        return addresses
 
     def task_module_names(self) -> list[str]:
         return [name.strip() for name in self.task_modules.split(",") if name.strip()]
@@ -185,6 +224,24 @@ class Settings(BaseSettings):
             parse_many(value)
         except ValueError as exc:
             raise ValueError(f"{value!r} is not a rate limit like '10/minute' or '100 per hour'") from exc
+        return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels(cls, value: str) -> str:
+        for part in value.split(","):
+            host, colon, port = part.strip().rpartition(":")
+            if colon and not (host and port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError(f"{part.strip()!r} is not a Sentinel address like 'sentinel-1:26379'")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError(
+                f"REDIS_URL must start redis://, rediss:// or unix://, not {value.split(':')[0]}://"
+            )
         return value
 
     @field_validator("webhook_allow")

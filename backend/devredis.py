@@ -77,6 +77,10 @@ class RedisServer:
     port: int = 0
     appendonly: bool = True
     process: subprocess.Popen[bytes] | None = None
+    #: More `redis-server` options (TLS, ACL users, replicaof), as its command line takes them.
+    extra_args: tuple[str, ...] = ()
+    #: Probed until it answers when the plain URL cannot be (a TLS-only or password-only server).
+    probe_url: str = ""
 
     @property
     def url(self) -> str:
@@ -94,11 +98,12 @@ class RedisServer:
             "--save", "",
             "--maxmemory-policy", "noeviction",
             "--logfile", str((self.directory / "redis.log").resolve()),
+            *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
-        wait_until_answers(self.url)
+        wait_until_answers(self.probe_url or self.url)
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

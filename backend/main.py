@@ -23,7 +23,7 @@ from backend.api.ratelimit import RateLimitHeaders, RateLimits
 from backend.config import Settings, get_settings
 from backend.db import engine_for, make_sessionmaker, utcnow
 from backend.logs import configure_logging
-from backend.queues import make_redis
+from backend.queues import redis_for
 from backend.tasks import registry
 from backend.tenants import refuse_demo_keys
 
@@ -47,7 +47,7 @@ def create_app(
         engine = engine_for(settings)
         if settings.env == "production":
             refuse_demo_keys(engine)
-        client = redis if redis is not None else make_redis(settings.redis_url)
+        client = redis if redis is not None else redis_for(settings)
         app.state.lanes = AppContext(
             settings=settings,
             engine=engine,

@@ -9,9 +9,12 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from redis import Redis
+from redis.connection import parse_url
+from redis.sentinel import Sentinel
 from rq import Queue, Retry
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -19,6 +22,9 @@ from rq.serializers import JSONSerializer
 from backend.enums import DELIVERY_TASK, QUEUE_ORDER, WEBHOOK_QUEUE
 from backend.errors import UnknownTask
 from backend.tasks import registry
+
+if TYPE_CHECKING:
+    from backend.config import Settings
 
 #: Redis set of job ids whose SQL mirror write failed; workers replay them.
 MIRROR_PENDING_KEY = "lanes:mirror:pending"
@@ -59,13 +65,55 @@ IDLE_QUEUE = "lanes-idle"
 
 
 def make_redis(url: str, *, socket_timeout_s: float | None = REDIS_SOCKET_TIMEOUT_S) -> Redis:
-    """A client for `url` that fails fast when Redis is away instead of hanging a request."""
-    return Redis.from_url(
-        url,
-        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
-        socket_timeout=socket_timeout_s,
-        health_check_interval=30,
-    )
+    """A client for a plain `url` (tests, tools); processes use `redis_for(settings)`."""
+    return Redis.from_url(url, **_timeouts(socket_timeout_s))
+
+
+def redis_for(settings: Settings, *, socket_timeout_s: float | None = REDIS_SOCKET_TIMEOUT_S) -> Redis:
+    """The client every Lanes process uses: REDIS_URL plus the ACL, TLS and Sentinel settings.
+
+    It fails fast when Redis is away instead of hanging a request. The URL's own user, password
+    and query options (`?ssl_ca_certs=…`) win over the settings. With `LANES_REDIS_SENTINELS`, the
+    master is found through Sentinel and found again after a failover; REDIS_URL then gives only
+    the database, the user and `rediss://` for TLS.
+    """
+    options = _timeouts(socket_timeout_s)
+    if settings.redis_username:
+        options["username"] = settings.redis_username
+    if settings.redis_password.get_secret_value():
+        options["password"] = settings.redis_password.get_secret_value()
+    if urlsplit(settings.redis_url).scheme == "rediss":
+        verify = settings.redis_tls_verify
+        options.update(
+            ssl_cert_reqs=verify,
+            ssl_check_hostname=settings.redis_tls_check_hostname and verify != "none",
+            ssl_ca_certs=settings.redis_tls_ca_file or None,
+            ssl_certfile=settings.redis_tls_cert_file or None,
+            ssl_keyfile=settings.redis_tls_key_file or None,
+        )
+    if not settings.redis_sentinels:
+        return Redis.from_url(settings.redis_url, **options)
+
+    from_url = parse_url(settings.redis_url)
+    for where in ("host", "port", "path", "connection_class"):
+        from_url.pop(where, None)
+    options.update(from_url)
+    if urlsplit(settings.redis_url).scheme == "rediss":
+        options["ssl"] = True  # Sentinel then connects to the master with SentinelManagedSSLConnection
+    sentinel_options: dict[str, Any] = _timeouts(REDIS_SOCKET_TIMEOUT_S)
+    sentinel_options.pop("health_check_interval")
+    if settings.redis_sentinel_password.get_secret_value():
+        sentinel_options["password"] = settings.redis_sentinel_password.get_secret_value()
+    sentinel = Sentinel(settings.redis_sentinel_addresses(), sentinel_kwargs=sentinel_options, **options)
+    return sentinel.master_for(settings.redis_sentinel_master, redis_class=Redis)
+
+
+def _timeouts(socket_timeout_s: float | None) -> dict[str, Any]:
+    return {
+        "socket_connect_timeout": REDIS_CONNECT_TIMEOUT_S,
+        "socket_timeout": socket_timeout_s,
+        "health_check_interval": 30,
+    }
 
 
 def queue_for(name: str, connection: Redis) -> Queue:

@@ -55,7 +55,7 @@ from backend.db import engine_for, make_sessionmaker, session_scope, utcnow
 from backend.enums import QUEUE_ORDER, JobStatus, Priority
 from backend.logs import configure_logging
 from backend.models import JobRow
-from backend.queues import make_redis
+from backend.queues import redis_for
 from backend.repairs import WORKER_DIED, abandon, let_rq_clean_up, mirror_abandoned, put_back, sync_row
 from backend.whereabouts import Verdict, Whereabouts, look, queue_names, verdict
 
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
-    redis = make_redis(settings.redis_url)
+    redis = redis_for(settings)
     engine = engine_for(settings)
     try:
         report = reconcile(sessions=make_sessionmaker(engine), redis=redis, settings=settings)

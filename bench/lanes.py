@@ -16,7 +16,7 @@ from backend.db import make_engine, make_sessionmaker
 from backend.enums import JobStatus
 from backend.jobs import submit_job
 from backend.models import JobRow
-from backend.queues import make_redis
+from backend.queues import redis_for
 from backend.tasks import registry
 
 TASK = "demo.echo"
@@ -31,7 +31,7 @@ class LanesClient:
         registry.load_modules(self.settings.task_module_names())
         self.engine = make_engine(self.settings.database_url)
         self.sessions = make_sessionmaker(self.engine)
-        self.redis = make_redis(self.settings.redis_url)
+        self.redis = redis_for(self.settings)
 
     def __enter__(self) -> LanesClient:
         return self

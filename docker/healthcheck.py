@@ -30,9 +30,9 @@ def api_answers() -> bool:
 
 def worker_registered() -> bool:
     from backend.config import get_settings
-    from backend.queues import make_redis
+    from backend.queues import redis_for
 
-    redis = make_redis(get_settings().redis_url, socket_timeout_s=TIMEOUT_S)
+    redis = redis_for(get_settings(), socket_timeout_s=TIMEOUT_S)
     try:
         hostname = socket.gethostname().encode()
         # A worker's hash expires with its heartbeat; `rq:workers` may still list dead ones.
@@ -44,9 +44,9 @@ def worker_registered() -> bool:
 def scheduler_alive() -> bool:
     from backend.config import get_settings
     from backend.health import SCHEDULER_KEYS
-    from backend.queues import make_redis
+    from backend.queues import redis_for
 
-    redis = make_redis(get_settings().redis_url, socket_timeout_s=TIMEOUT_S)
+    redis = redis_for(get_settings(), socket_timeout_s=TIMEOUT_S)
     try:
         hostname = socket.gethostname().encode()
         for key in redis.scan_iter(match=SCHEDULER_KEYS, count=500):

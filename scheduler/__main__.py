@@ -14,7 +14,7 @@ import logging
 from backend.config import Settings, get_settings
 from backend.db import engine_for, make_sessionmaker
 from backend.logs import configure_logging
-from backend.queues import make_redis
+from backend.queues import redis_for
 from backend.tasks import registry
 from scheduler.housekeeping import Housekeeping
 from scheduler.scheduler import LanesScheduler
@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_scheduler(settings: Settings, *, name: str | None = None) -> LanesScheduler:
     """A scheduler with its own Redis client and SQL engine, built in this process."""
     registry.load_modules(settings.task_module_names())
-    redis = make_redis(settings.redis_url)
+    redis = redis_for(settings)
     engine = engine_for(settings)
     return LanesScheduler(
         redis=redis, sessions=make_sessionmaker(engine), settings=settings, tasks=registry, name=name

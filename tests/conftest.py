@@ -33,7 +33,20 @@ from backend.models import Base
 from backend.tasks import registry
 from tests.helpers import SchedulerFactory, WorkerFactory
 
-POSTGRES_URL = os.environ.get("LANES_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+def _postgres_server() -> str:
+    """The PostgreSQL server the tests make their databases on: LANES_TEST_POSTGRES_URL, else a
+    PostgreSQL DATABASE_URL (as in CI), else the local one."""
+    database_url = os.environ.get("DATABASE_URL", "")
+    fallback = (
+        database_url
+        if database_url.startswith("postgresql")
+        else "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    )
+    return os.environ.get("LANES_TEST_POSTGRES_URL", fallback)
+
+
+POSTGRES_URL = _postgres_server()
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 

@@ -147,6 +147,8 @@ class WorkerFactory:
     log_dir: Path
     settings: dict[str, Any] = field(default_factory=dict)
     started: list[WorkerProcess] = field(default_factory=list)
+    #: How `wait_ready` reaches Redis, where `redis_url` alone cannot (TLS, ACL, Sentinel).
+    connect: Callable[[], Any] | None = None
 
     def start(
         self, *queues: str, name: str | None = None, wait_ready: bool = True, **settings: Any
@@ -168,7 +170,7 @@ class WorkerFactory:
     def wait_ready(self, worker: WorkerProcess, timeout_s: float = 20.0) -> None:
         from redis import Redis
 
-        client = Redis.from_url(self.redis_url)
+        client = self.connect() if self.connect else Redis.from_url(self.redis_url)
         try:
             # Registered is not enough: RQ installs its SIGTERM handler just before the worker first
             # goes idle (or busy), and a signal before that kills it outright.

@@ -15,7 +15,7 @@ from backend.config import Settings, get_settings
 from backend.db import engine_for, make_sessionmaker
 from backend.enums import WORKER_QUEUES
 from backend.logs import configure_logging
-from backend.queues import LanesJob, all_queues, make_redis
+from backend.queues import LanesJob, all_queues, redis_for
 from backend.sync import JobMirror
 from backend.tasks import registry
 from worker.worker import LanesWorker
@@ -42,7 +42,7 @@ def queue_names(raw: list[str]) -> list[str]:
 def build_worker(settings: Settings, *, queues: list[str], name: str | None = None) -> LanesWorker:
     """A worker with its own Redis client and SQL engine, built in this process."""
     registry.load_modules(settings.task_module_names())
-    redis = make_redis(settings.redis_url, socket_timeout_s=None)
+    redis = redis_for(settings, socket_timeout_s=None)
     engine = engine_for(settings)
     worker = LanesWorker(
         all_queues(redis, queues),

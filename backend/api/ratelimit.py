@@ -102,12 +102,13 @@ class RateLimits:
         }
         self.proxies = settings.trusted_proxy_networks()
         self.redis = redis
-        # The app's own connection pool: the limiter follows the API's Redis (URL, TLS, a test's server).
+        # The app's own connection pool: the limiter follows the API's Redis (TLS, ACL user, Sentinel,
+        # a test's server). With a pool, `limits` reads only the URI's scheme, to pick its Redis storage.
         storage: dict[str, Any] = {"connection_pool": redis.connection_pool, "key_prefix": KEY_PREFIX}
         self._limiter = Limiter(
             key_func=lambda: "",
             strategy="moving-window",
-            storage_uri=settings.redis_url,
+            storage_uri="redis://",
             storage_options=storage,
             enabled=settings.rate_limit_enabled,
         )

@@ -4,6 +4,7 @@ here, so it is read as YAML and held to what the README and the deploy guide pro
 from __future__ import annotations
 
 import re
+import tomllib
 from typing import Any
 
 import pytest
@@ -78,3 +79,18 @@ def test_the_environment_is_production_and_valid(compose: dict[str, Any]) -> Non
     settings = Settings.model_validate(values)  # LANES_ENV=production refuses what is unsafe
 
     assert settings.env == "production" and settings.database_url.startswith("postgresql+psycopg://")
+
+
+def test_the_image_holds_every_package_the_project_installs() -> None:
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    ignore = (ROOT / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]]
+
+    for package in packages:
+        assert f"COPY {package} ./{package}" in dockerfile, package
+        assert f"!{package}/" in ignore, package
+    assert "lanes = " in (ROOT / "pyproject.toml").read_text()  # the client's console script comes along
+    # The final stage runs as a user that is not root and carries no compiler.
+    runtime = dockerfile.split("AS runtime", 1)[1]
+    assert re.search(r"^USER lanes", runtime, re.M) and "build-essential" not in runtime

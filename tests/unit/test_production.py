@@ -14,7 +14,7 @@ from backend.config import Settings
 from backend.db import make_engine
 from backend.enums import Plan
 from backend.main import create_app
-from backend.queues import make_redis
+from backend.queues import make_redis, redis_for
 
 POSTGRES = "postgresql+psycopg://lanes@db.internal/lanes"
 
@@ -27,6 +27,7 @@ POSTGRES = "postgresql+psycopg://lanes@db.internal/lanes"
         ({"webhook_allow": "10.0.0.0/8"}, "loopback, private or link-local"),
         ({"webhook_allow": "localhost"}, "localhost"),
         ({"rate_limit_enabled": False}, "RATE_LIMIT_ENABLED=false"),
+        ({"redis_url": "rediss://redis.internal:6380/0", "redis_tls_verify": "none"}, "TLS_VERIFY=none"),
     ],
 )
 def test_production_refuses_what_is_only_safe_on_a_laptop(values: dict[str, Any], reason: str) -> None:
@@ -75,3 +76,61 @@ def test_readiness_needs_redis_and_the_database_but_no_worker(
     assert (ready.status_code, ready.json()) == (200, {"status": "ready", "reasons": []})
     assert health.status_code == 503  # no worker: unhealthy, yet ready to take jobs
     assert down.status_code == 503 and down.json()["reasons"] == ["redis unavailable: ConnectionError"]
+
+
+@pytest.mark.parametrize(
+    ("values", "reason"),
+    [
+        ({"redis_url": "http://redis.internal"}, "redis://, rediss:// or unix://"),
+        ({"redis_sentinels": "sentinel-1:port"}, "not a Sentinel address"),
+        ({"redis_tls_verify": "sometimes"}, "redis_tls_verify"),
+    ],
+)
+def test_redis_settings_are_checked_when_read(values: dict[str, Any], reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        Settings.model_validate(values)
+
+
+def test_tls_options_reach_the_connection_only_for_rediss() -> None:
+    tls = Settings.model_validate(
+        {
+            "redis_url": "rediss://redis.internal:6380/2",
+            "redis_username": "lanes",
+            "redis_password": "from-a-secret",
+            "redis_tls_ca_file": "/etc/lanes/ca.pem",
+        }
+    )
+    plain = Settings.model_validate(
+        {"redis_url": "redis://:url-wins@redis.internal/0", "redis_password": "x"}
+    )
+
+    tls_options = redis_for(tls).connection_pool.connection_kwargs
+    plain_options = redis_for(plain).connection_pool.connection_kwargs
+
+    assert (tls_options["ssl_ca_certs"], tls_options["ssl_cert_reqs"], tls_options["db"]) == (
+        "/etc/lanes/ca.pem",
+        "required",
+        2,
+    )
+    assert (tls_options["username"], tls_options["password"]) == ("lanes", "from-a-secret")
+    assert "ssl_ca_certs" not in plain_options
+    assert plain_options["password"] == "url-wins"
+    assert "from-a-secret" not in repr(tls)  # a secret is not printed with the settings
+
+
+def test_sentinel_settings_name_the_sentinels_and_keep_tls_for_the_master() -> None:
+    settings = Settings.model_validate(
+        {
+            "redis_url": "rediss://lanes:pw@mymaster/3",
+            "redis_sentinels": "sentinel-1:26380, sentinel-2",
+            "redis_sentinel_master": "lanes-main",
+        }
+    )
+
+    client = redis_for(settings)
+    pool = client.connection_pool
+
+    assert settings.redis_sentinel_addresses() == [("sentinel-1", 26380), ("sentinel-2", 26379)]
+    assert type(pool).__name__ == "SentinelConnectionPool" and pool.service_name == "lanes-main"
+    assert pool.connection_class.__name__ == "SentinelManagedSSLConnection"
+    assert (pool.connection_kwargs["db"], pool.connection_kwargs["username"]) == (3, "lanes")
