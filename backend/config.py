@@ -105,7 +105,23 @@ class Settings(BaseSettings):
     worker_poll_s: int = Field(
         default=5, ge=1, description="An idle worker wakes this often to replay mirror writes."
     )
-    worker_ttl_s: int = Field(default=420, ge=10, description="A worker silent this long is dead to RQ.")
+    worker_ttl_s: int = Field(
+        default=60, ge=20, description="An idle worker's registration in RQ outlives its last beat this long."
+    )
+    worker_heartbeat_s: int = Field(
+        default=5,
+        ge=1,
+        le=60,
+        description="A busy worker proves it is alive this often; three missed beats and its job is retried.",
+    )
+    worker_shutdown_grace_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="On SIGTERM a running job gets this long, then goes back on its queue (0: no limit).",
+    )
+    dead_worker_sweep_s: float = Field(
+        default=10.0, gt=0, description="The scheduler looks for running jobs of dead workers this often."
+    )
 
     scheduler_interval_s: float = Field(
         default=1.0, gt=0, le=60, description="The scheduler daemon looks for due schedules this often."

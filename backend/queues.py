@@ -36,6 +36,18 @@ def cancel_flag_key(job_id: str) -> str:
     return f"lanes:cancel:{job_id}"
 
 
+def alive_key(worker_name: str) -> str:
+    """Set by a worker at each heartbeat for three beats: while it exists, the worker is alive.
+
+    RQ's own signs of life (the worker's key, a job's execution) last 60 s past the last beat;
+    this one lets a dead worker's job be retried within seconds of three missed beats.
+    """
+    return f"lanes:alive:{worker_name}"
+
+
+#: Beats a worker may miss before its running job counts as abandoned.
+ALIVE_BEATS = 3
+
 REDIS_CONNECT_TIMEOUT_S = 2.0
 REDIS_SOCKET_TIMEOUT_S = 5.0
 RETRY_JITTER = 0.25  # each wait is stretched by up to this fraction, at random
@@ -44,8 +56,32 @@ RETRY_JITTER = 0.25  # each wait is stretched by up to this fraction, at random
 class LanesJob(Job):
     """An RQ job whose data is JSON and whose function comes only from the task registry."""
 
+    #: In memory only: a job its worker's shutdown grace cut short retries at once, not after a wait.
+    handed_back = False
+
     def __init__(self, id: str | None = None, connection: Redis | None = None, serializer: Any = None):
         super().__init__(id=id, connection=connection, serializer=serializer or JSONSerializer)
+
+    def get_retry_interval(self) -> int:
+        return 0 if self.handed_back else super().get_retry_interval()
+
+    # RQ would import and call any dotted path a job hash names as a callback, and send its own
+    # webhooks to any URL the hash holds, unchecked. Lanes uses neither, so a job hash written
+    # behind the platform's back names no code and reaches no address.
+    @property
+    def success_callback(self) -> None:
+        return None
+
+    @property
+    def failure_callback(self) -> None:
+        return None
+
+    @property
+    def stopped_callback(self) -> None:
+        return None
+
+    def send_webhooks(self, status: Any, *, exc_string: str | None = None) -> None:
+        return None
 
     @property
     def func(self) -> Any:

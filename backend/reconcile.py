@@ -26,9 +26,12 @@ queue and registering its execution in milliseconds, and a look that falls into 
 nowhere. Repairs of running jobs hold the queue's RQ maintenance lock, as a worker's own registry
 cleaning does, so the two never handle one job twice.
 
-How soon a dead worker is noticed is RQ's rule: a running job's execution in `rq:wip:<queue>` is
-given a deadline of `job_monitoring_interval` (30 s) + 60 s at each heartbeat, so after a SIGKILL
-it is found 60–90 s later, by the first reconcile run after that.
+How soon a dead worker is noticed: a busy worker beats every `LANES_WORKER_HEARTBEAT_S` (5 s) and
+each beat keeps `lanes:alive:<worker>` for three beats. After a SIGKILL that key lapses within
+15 s, and the scheduler's quick pass over `started` rows (every `LANES_DEAD_WORKER_SWEEP_S`, 10 s)
+finds the job abandoned once its row is older than the grace period: in about 15–45 s. RQ's own
+signs (the execution's deadline in `rq:wip:<queue>` and the worker's key, 60 s past the last
+beat) are the fallback.
 """
 
 from __future__ import annotations
@@ -52,11 +55,19 @@ from sqlalchemy.orm import Session, sessionmaker
 from backend import dependencies, webhooks
 from backend.config import Settings, get_settings
 from backend.db import engine_for, make_sessionmaker, session_scope, utcnow
-from backend.enums import QUEUE_ORDER, JobStatus, Priority
+from backend.enums import QUEUE_ORDER, WEBHOOK_QUEUE, JobStatus, Priority
 from backend.logs import configure_logging
 from backend.models import JobRow
 from backend.queues import redis_for
-from backend.repairs import WORKER_DIED, abandon, let_rq_clean_up, mirror_abandoned, put_back, sync_row
+from backend.repairs import (
+    WORKER_DIED,
+    abandon,
+    free_dead_schedulers,
+    let_rq_clean_up,
+    mirror_abandoned,
+    put_back,
+    sync_row,
+)
 from backend.whereabouts import Verdict, Whereabouts, look, queue_names, verdict
 
 __all__ = ["WORKER_DIED", "ReconcileReport", "reconcile"]
@@ -94,6 +105,8 @@ class ReconcileReport:
     errors: list[str] = field(default_factory=list)
     #: queued rows not searched for, because their queue is too long to search (see whereabouts)
     unchecked: int = 0
+    #: scheduler locks freed because the worker holding them died
+    schedulers_freed: int = 0
     duration_s: float = 0.0
     #: another run held the lock, so this one did nothing
     busy: bool = False
@@ -125,11 +138,14 @@ def reconcile(
     settings: Settings,
     now: datetime | None = None,
     batch_size: int = BATCH_SIZE,
+    only_running: bool = False,
 ) -> ReconcileReport:
     """Compare unfinished rows with RQ and repair both sides; what was done.
 
     `now` is when the run counts as happening (default: now): rows touched within the grace period
     before it are skipped, and an execution whose deadline is before it counts as abandoned.
+    `only_running` looks at `started` rows alone, and skips the webhook sweep: the scheduler's quick
+    pass for dead workers' jobs, every `LANES_DEAD_WORKER_SWEEP_S`.
     """
     started = time.monotonic()
     lock = redis.lock(RUN_LOCK_KEY, timeout=RUN_LOCK_TTL_S, blocking=False)
@@ -138,17 +154,21 @@ def reconcile(
         return ReconcileReport(busy=True)
     try:
         run = _Run(sessions=sessions, redis=redis, settings=settings, now=now or utcnow())
-        for name in queue_names(redis, [q.value for q in QUEUE_ORDER]):
+        names = queue_names(redis, [q.value for q in QUEUE_ORDER])
+        run.free_schedulers(names)
+        for name in names:
             run.rq_cleanup(name)
         cutoff = run.now - timedelta(seconds=settings.reconcile_grace_s)
-        for rows in _unfinished_rows(sessions, cutoff=cutoff, batch_size=batch_size):
+        statuses = (JobStatus.STARTED,) if only_running else UNFINISHED
+        for rows in _unfinished_rows(sessions, cutoff=cutoff, batch_size=batch_size, statuses=statuses):
             lock.reacquire()  # a long run keeps the lock for another RUN_LOCK_TTL_S
             run.report.checked += len(rows)
             run.batch(rows)
             if len(run.suspects) >= batch_size:
                 run.confirm()
         run.confirm()
-        run.sweep_webhooks()
+        if not only_running:
+            run.sweep_webhooks()
     finally:
         with contextlib.suppress(LockError):
             lock.release()
@@ -181,6 +201,16 @@ class _Run:
         except Exception:
             log.exception("reconcile: the webhook sweep failed; the next run tries again")
             self.report.errors.append("webhooks")
+
+    def free_schedulers(self, names: Sequence[str]) -> None:
+        """Free the scheduler locks of dead workers, so retries and delayed jobs keep moving."""
+        try:
+            self.report.schedulers_freed = len(
+                free_dead_schedulers(self.redis, list(dict.fromkeys([*names, WEBHOOK_QUEUE])))
+            )
+        except Exception:
+            log.exception("reconcile: freeing dead workers' scheduler locks failed")
+            self.report.errors.append("scheduler-locks")
 
     def rq_cleanup(self, queue_name: str) -> None:
         """RQ's own cleanup of the queue's abandoned jobs, then their rows."""
@@ -275,14 +305,18 @@ class _Run:
 
 
 def _unfinished_rows(
-    sessions: sessionmaker[Session], *, cutoff: datetime, batch_size: int
+    sessions: sessionmaker[Session],
+    *,
+    cutoff: datetime,
+    batch_size: int,
+    statuses: Sequence[JobStatus] = UNFINISHED,
 ) -> Iterator[list[JobRow]]:
     """Unfinished rows last touched before `cutoff`, `batch_size` at a time, detached from any session.
 
     Keyset over (created_at, id) within each (status, priority), so each batch is a range of the
     (status, priority, created_at) index and no batch reads rows it does not return.
     """
-    for status in UNFINISHED:
+    for status in statuses:
         for priority in Priority:
             after: tuple[datetime, str] | None = None
             while True:

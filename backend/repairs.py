@@ -7,13 +7,16 @@ Each takes the session of its own transaction and returns the report list the jo
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 
 from redis import Redis
+from rq import Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import JobStatus as RQStatus
 from rq.job_lifecycle import record_job_failure
 from rq.registry import StartedJobRegistry
+from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -24,7 +27,15 @@ from backend.db import utcnow
 from backend.enums import JobStatus
 from backend.jobs import enqueue_row
 from backend.models import JobRow
-from backend.queues import LanesJob, attempt_of, cancel_flag_key, epoch_of, queue_for, scheduled_at
+from backend.queues import (
+    LanesJob,
+    alive_key,
+    attempt_of,
+    cancel_flag_key,
+    epoch_of,
+    queue_for,
+    scheduled_at,
+)
 from backend.sync import sync_from_rq
 from backend.whereabouts import Whereabouts, clear_leftovers
 
@@ -169,6 +180,41 @@ def let_rq_clean_up(redis: Redis, queue_name: str, now: datetime) -> list[tuple[
             "reconcile: job %s (attempt %d) outlived its worker; RQ retried or failed it", job_id, attempt
         )
     return abandoned
+
+
+def free_dead_schedulers(redis: Redis, queue_names: Sequence[str]) -> list[str]:
+    """Free the scheduler locks a dead worker held, so a live worker takes over its retries now.
+
+    Each worker's RQ scheduler (named after the worker) holds `rq:scheduler-lock:<queue>`, and
+    moves due retries and delayed jobs onto the queue. Killed with its worker, its locks would
+    stand for 61 s more. A lock whose holder is a registered worker that stopped beating
+    (`lanes:alive:<name>` lapsed) is deleted; a live worker takes it at its next poll.
+    """
+    keys = [RQScheduler.get_locking_key(name) for name in queue_names]
+    holders = [_text(holder) for holder in redis.mget(keys)]
+    freed = []
+    for key, holder in zip(keys, holders, strict=True):
+        if not holder:
+            continue
+        with redis.pipeline() as pipe:
+            pipe.exists(f"{Worker.redis_worker_namespace_prefix}{holder}")
+            pipe.exists(alive_key(holder))
+            registered, beating = pipe.execute()
+        # Deleted only if it still names the dead worker: a live scheduler may have taken it since.
+        if registered and not beating and redis.eval(_DELETE_IF_HOLDER, 1, key, holder):
+            log.warning("reconcile: freed %s, held by dead worker %s", key, holder)
+            freed.append(key)
+    return freed
+
+
+_DELETE_IF_HOLDER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def abandon(session: Session, redis: Redis, row: JobRow, where: Whereabouts) -> str | None:

@@ -1,9 +1,11 @@
-"""Housekeeping on timers, in a thread of the scheduler daemon: the reconciler and the prune.
+"""Housekeeping on timers, in a thread of the scheduler daemon: the reconciler, its quick pass
+over running jobs (dead workers' jobs retried within seconds), and the prune.
 
 They run beside the firing loop, never in it, so a long reconcile cannot make a firing late. Each
-takes a Redis lock, so with several schedulers one of them does each run: the reconciler its own
-(`lanes:reconcile:lock`), the prune `lanes:prune:lock`. Both run once at start, then every
-`LANES_RECONCILE_INTERVAL_S` and `LANES_PRUNE_INTERVAL_S`. What they last did goes into the
+takes a Redis lock, so with several schedulers one of them does each run: the reconciler and its
+quick pass share `lanes:reconcile:lock`, the prune takes `lanes:prune:lock`. Each runs once at
+start, then every `LANES_RECONCILE_INTERVAL_S`, `LANES_DEAD_WORKER_SWEEP_S` and
+`LANES_PRUNE_INTERVAL_S`. What they last did goes into the
 scheduler's heartbeat hash, where `GET /api/v1/health` and `redis-cli` see it.
 """
 
@@ -49,6 +51,7 @@ class Housekeeping(threading.Thread):
     def run(self) -> None:
         chores: list[tuple[Callable[[], str], float, str]] = [
             (self.reconcile, self.settings.reconcile_interval_s, "reconcile"),
+            (self.sweep_dead_workers, self.settings.dead_worker_sweep_s, "dead_worker_sweep"),
             (self.prune, self.settings.prune_interval_s, "prune"),
         ]
         due = {name: time.monotonic() for _, _, name in chores}
@@ -72,6 +75,15 @@ class Housekeeping(threading.Thread):
         report = reconcile(sessions=self.sessions, redis=self.redis, settings=self.settings)
         if report.repaired or report.errors:
             log.info("reconcile: %s", report.summary())
+        return report.summary()
+
+    def sweep_dead_workers(self) -> str:
+        """The reconciler over running jobs only: a dead worker's job is retried within seconds."""
+        report = reconcile(
+            sessions=self.sessions, redis=self.redis, settings=self.settings, only_running=True
+        )
+        if report.repaired or report.errors:
+            log.info("dead worker sweep: %s", report.summary())
         return report.summary()
 
     def prune(self) -> str:

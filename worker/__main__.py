@@ -51,9 +51,11 @@ def build_worker(settings: Settings, *, queues: list[str], name: str | None = No
         job_class=LanesJob,
         serializer=JSONSerializer,
         worker_ttl=settings.worker_ttl_s,
+        job_monitoring_interval=settings.worker_heartbeat_s,
         default_result_ttl=settings.result_ttl_s,
     )
     worker.poll_s = settings.worker_poll_s
+    worker.shutdown_grace_s = settings.worker_shutdown_grace_s
     worker.mirror = JobMirror(
         sessions=make_sessionmaker(engine),
         redis=redis,

@@ -8,7 +8,9 @@ deliveries (the `webhooks` queue) are run but not mirrored: they have no row of 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import time
 from typing import Any
@@ -24,13 +26,25 @@ from rq.scheduler import RQScheduler
 
 from backend.control import CLAIM_SCRIPT
 from backend.enums import WEBHOOK_QUEUE
-from backend.queues import IDLE_QUEUE, PAUSED_KEY, attempt_of, cancel_flag_key, queue_for
+from backend.queues import (
+    ALIVE_BEATS,
+    IDLE_QUEUE,
+    PAUSED_KEY,
+    LanesJob,
+    alive_key,
+    attempt_of,
+    cancel_flag_key,
+    queue_for,
+)
 from backend.sync import JobMirror
 from backend.tasks.reporting import set_progress_sink
+from worker.lifeline import die_with_parent
 
 log = logging.getLogger(__name__)
 
 STOP_CHECK_S = 0.1  # how often a sleeping scheduler looks for a stop request
+#: The error of a job handed back to its queue because its worker shut down.
+HANDED_BACK = "handed back"
 
 
 class JobCancelled(Exception):
@@ -44,7 +58,12 @@ class PromptScheduler(RQScheduler):
     worker's exit up to a second.
     """
 
+    #: The worker process that started this scheduler: it ends when that one does.
+    parent_pid = 0
+
     def work(self) -> None:
+        if self.parent_pid:
+            die_with_parent(self.parent_pid)
         self._install_signal_handlers()
         self.register_birth()
         while not self._stop_requested:
@@ -59,10 +78,20 @@ class PromptScheduler(RQScheduler):
 
 
 class LanesWorker(Worker):
-    """An RQ worker with SQL mirror hooks. Set `mirror` and `poll_s` before `work()`."""
+    """An RQ worker with SQL mirror hooks. Set `mirror`, `poll_s` and `shutdown_grace_s` before `work()`.
+
+    Its heartbeat (every `job_monitoring_interval` while busy) also sets `lanes:alive:<name>` for
+    three beats, so the reconciler's sweep can retry a dead worker's job within seconds. Its
+    children die with it. On SIGTERM it finishes the running job, or after `shutdown_grace_s`
+    hands the job back to its queue (attempt counted), and exits.
+    """
 
     mirror: JobMirror
     poll_s: int = 5
+    shutdown_grace_s: float = 0.0
+    _stop_asked_at: float | None = None
+    _handing_back: str | None = None
+    _parent_pid = 0
 
     @property
     def dequeue_timeout(self) -> int:
@@ -108,7 +137,11 @@ class LanesWorker(Worker):
         # RQ tries for a dead worker's scheduler locks only at its 10-minute maintenance, so
         # retries and delayed jobs could wait that long after a worker died. Try every poll: a
         # lock is a SET NX per queue, and it frees 61 s after its holder stops renewing it.
+        # Not while stopping: RQ stopped this worker's scheduler on the stop request, and one
+        # started again now would be an orphan that takes the worker's SIGTERM handler along.
         scheduler = self.scheduler
+        if self._stop_requested:
+            return
         if scheduler is not None and (scheduler._process is None or not scheduler._process.is_alive()):
             scheduler.acquire_locks(auto_start=True)
 
@@ -127,7 +160,9 @@ class LanesWorker(Worker):
             date_format=date_format,
             log_format=log_format,
             serializer=self.serializer,
+            name=self.name,  # the reconciler frees the locks of a dead worker's scheduler by this name
         )
+        self.scheduler.parent_pid = os.getpid()
         self.scheduler.acquire_locks()
         if self.scheduler.acquired_locks:
             if burst:
@@ -149,6 +184,55 @@ class LanesWorker(Worker):
             self.pubsub.unsubscribe()
             self.pubsub_thread.join(timeout=1)
             self.pubsub.close()
+
+    # -- signs of life -------------------------------------------------------------------------
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        super().heartbeat(timeout, pipeline)
+        self._beat(pipeline)
+
+    def _beat(self, pipeline: Any = None) -> None:
+        connection = pipeline if pipeline is not None else self.connection
+        # Busy, it beats every job_monitoring_interval; idle, after every dequeue timeout.
+        beat_s = max(self.job_monitoring_interval, self.dequeue_timeout)
+        connection.set(alive_key(self.name), os.getpid(), ex=ALIVE_BEATS * beat_s)
+
+    def register_death(self) -> None:
+        with contextlib.suppress(RedisError):
+            self.connection.delete(alive_key(self.name))
+        super().register_death()
+
+    def fork_work_horse(self, job: Job, queue: Queue) -> None:
+        self._parent_pid = os.getpid()
+        super().fork_work_horse(job, queue)
+
+    def setup_work_horse_signals(self) -> None:
+        super().setup_work_horse_signals()
+        die_with_parent(self._parent_pid)  # in the horse: an orphan must not run on beside the retry
+
+    # -- shutting down ---------------------------------------------------------------------------
+
+    def request_stop(self, signum: Any, frame: Any) -> None:
+        if self._stop_asked_at is None:
+            self._stop_asked_at = time.monotonic()
+        super().request_stop(signum, frame)  # raises StopRequested when idle
+        if self.shutdown_grace_s and self.horse_pid:
+            self.job_monitoring_interval = 1  # look at the grace every second from now on
+
+    def maintain_heartbeats(self, job: Job, execution: Execution) -> None:
+        super().maintain_heartbeats(job, execution)
+        asked = self._stop_asked_at
+        if not self.shutdown_grace_s or asked is None or self._handing_back:
+            return
+        if time.monotonic() - asked >= self.shutdown_grace_s:
+            log.warning(
+                "job %s still runs %.0f s after the stop request; handing it back to queue %s",
+                job.id,
+                time.monotonic() - asked,
+                job.origin,
+            )
+            self._handing_back = job.id
+            self.kill_horse()
 
     # -- cancellation ---------------------------------------------------------------------------
 
@@ -174,6 +258,7 @@ class LanesWorker(Worker):
         super()._handle_stopped_job(job, queue, execution)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        self._beat()  # an idle worker beats only once a poll; the job must not look abandoned
         if self._claim(job, queue):
             super().execute_job(job, queue)
 
@@ -217,6 +302,14 @@ class LanesWorker(Worker):
         exc_string: str = "",
         execution: Execution | None = None,
     ) -> None:
+        if self._handing_back == job.id:  # in the parent: the shutdown grace cut the job short
+            self._handing_back = None
+            if isinstance(job, LanesJob):
+                job.handed_back = True  # its retry, if it has one left, is enqueued at once
+            exc_string = (
+                f"{HANDED_BACK}: its worker was stopped and the job ran past the"
+                f" {self.shutdown_grace_s:g} s shutdown grace"
+            )
         attempt = attempt_of(job)
         super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
         if not _is_delivery(job):

@@ -1,7 +1,10 @@
-"""A task for the reconciler's stories: its first attempt runs long enough to be killed in."""
+"""Tasks for the crash stories: a first attempt long enough to be killed in, and a task that kills
+its own work-horse."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from typing import Any
 
@@ -25,3 +28,18 @@ def sleep_on_first_attempt(params: SleepFirstParams) -> dict[str, Any]:
     if attempt == 1:
         time.sleep(params.seconds)
     return {"attempt": attempt}
+
+
+class NoParams(BaseModel):
+    pass
+
+
+@task("tests.kill_own_horse", params=NoParams, timeout_s=60)
+def kill_own_horse(params: NoParams) -> None:
+    """Die by SIGKILL in every attempt, as a task the OOM killer takes each time would."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def leave_a_mark(job: Any, connection: Any, *args: Any) -> None:
+    """Not a task: what a forged job hash names as its callback. It must never run."""
+    connection.set("forged-callback-ran", job.id)

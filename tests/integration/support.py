@@ -1,8 +1,13 @@
-"""Reading a job's two records in the integration stories: its SQL row and RQ's job."""
+"""Reading a job's two records in the integration stories (its SQL row and RQ's job), and
+finding and killing a worker's processes."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -11,7 +16,7 @@ from rq.job import JobStatus as RQStatus
 
 from backend.enums import JobStatus
 from backend.queues import LanesJob
-from tests.helpers import wait_for
+from tests.helpers import WorkerProcess, wait_for
 
 #: How a job's RQ status reads as the status its SQL row should show (or trail by one step).
 RQ_TO_ROW = {
@@ -82,3 +87,51 @@ def stamp(value: str | None) -> datetime:
     """A timestamp from the API's JSON."""
     assert value is not None, "expected a timestamp"
     return datetime.fromisoformat(value)
+
+
+# -- processes -----------------------------------------------------------------------------------
+
+
+def children(pid: int) -> list[tuple[int, int]]:
+    """(pid, process group) of each live child of `pid`, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, parent, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue
+        if int(parent) == pid and state != "Z":
+            found.append((int(stat.parent.name), int(group)))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie waiting to be reaped does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def horse_of(worker: WorkerProcess) -> int:
+    """The busy worker's work-horse: the child that leads its own process group (RQ's setpgrp)."""
+    horses: list[int] = wait_for(
+        lambda: [pid for pid, group in children(worker.pid) if pid == group], message="the work-horse"
+    )
+    return horses[0]
+
+
+def kill_worker_and_horse(worker: WorkerProcess) -> list[int]:
+    """SIGKILL a busy worker and its work-horse at once, as a container kill does; the pids of
+    its other children (RQ's scheduler process).
+
+    The parent goes first, so it never sees its horse die and never reports the job's end.
+    """
+    horse = horse_of(worker)
+    others = [pid for pid, group in children(worker.pid) if pid != group]
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(horse, signal.SIGKILL)
+    return others

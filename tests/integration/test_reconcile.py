@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import signal
 import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +27,12 @@ from backend.jobs import enqueue_row, new_job_id
 from backend.models import JobRow
 from backend.queues import MIRROR_PENDING_KEY, attempt_of, queue_for
 from backend.reconcile import WORKER_DIED, ReconcileReport, reconcile
-from tests.helpers import ROOT, WorkerFactory, WorkerProcess, lanes_env, wait_for
-from tests.integration import reconcile_tasks
+from tests.helpers import ROOT, WorkerFactory, lanes_env, wait_for
 from tests.integration.support import row, rq_job, submit, wait_for_status
 
 pytestmark = pytest.mark.integration
 
 log = logging.getLogger(__name__)
-
-#: RQ's deadline for a running job's execution: job_monitoring_interval (30 s) + 60 s after a heartbeat.
-RQ_EXECUTION_DEADLINE_S = 90
 
 
 @pytest.fixture
@@ -301,90 +294,3 @@ def test_a_job_rq_says_is_running_on_no_live_worker_is_retried_or_failed_as_rq_w
     assert (again.status, again.attempts, again.error) == ("retrying", 1, WORKER_DIED) and again.next_retry_at
     dead = current(sessions, spent.id)
     assert (dead.status, dead.attempts, dead.error) == ("failed", 1, WORKER_DIED)
-
-
-def children(pid: int) -> list[tuple[int, int]]:
-    """(pid, process group) of each child of `pid`, from /proc."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            found.append((int(stat.parent.name), int(fields[2])))
-    return found
-
-
-def kill_worker_and_horse(worker: WorkerProcess) -> list[int]:
-    """SIGKILL a busy worker and its work-horse; the pids of its other children (RQ's scheduler).
-
-    The horse runs in its own process group (RQ calls setpgrp in it), so it is found as the child
-    that leads its own group, and killed with its group. The parent goes first, so it never sees
-    its horse die and never reports the job's end.
-    """
-    horses = wait_for(
-        lambda: [pid for pid, group in children(worker.pid) if pid == group], message="the work-horse"
-    )
-    others = [pid for pid, group in children(worker.pid) if pid != group]
-    os.kill(worker.pid, signal.SIGKILL)
-    worker.wait()
-    for horse in horses:
-        os.killpg(horse, signal.SIGKILL)
-    return others
-
-
-def execution_deadline(redis: Redis, job_id: str) -> float:
-    """When RQ will count the job's running execution as abandoned (its score in rq:wip:<queue>)."""
-    entries = redis.zrange("rq:wip:normal", 0, -1, withscores=True)
-    deadlines = [score for entry, score in entries if entry.decode().startswith(f"{job_id}:")]
-    assert deadlines, entries
-    return max(deadlines)
-
-
-def test_a_row_left_started_by_a_worker_killed_with_sigkill_is_retried_and_runs_again(
-    api_factory: Callable[..., TestClient],
-    redis: Redis,
-    workers: WorkerFactory,
-    sessions: sessionmaker[Session],
-    settings: Settings,
-) -> None:
-    api = api_factory(retry_base_s=1, task_modules=reconcile_tasks.MODULE)
-    job_id = submit(api, "tests.sleep_on_first_attempt", {"seconds": 60}, max_retries=1)["id"]
-    victim = workers.start(task_modules=reconcile_tasks.MODULE)
-    wait_for_status(api, job_id, "started")
-    # RQ's scheduler process outlives its worker; left running, it holds the scheduler lock that
-    # a new worker would otherwise wait up to 61 s for, and moves the retry onto the queue.
-    orphans = kill_worker_and_horse(victim)
-    killed_at = time.time()
-    try:
-        # RQ still counts the worker alive: its key and the job's execution outlive it.
-        assert redis.exists(f"rq:worker:{victim.name}")
-        assert run(sessions, redis, settings).repaired == 0
-        assert row(api, job_id)["status"] == "started"
-
-        deadline = execution_deadline(redis, job_id)
-        assert RQ_EXECUTION_DEADLINE_S - 30 < deadline - killed_at <= RQ_EXECUTION_DEADLINE_S
-        # The first run after RQ's deadline, as the scheduler's timer would make it.
-        report = run(sessions, redis, settings, now=datetime.fromtimestamp(deadline + 1, UTC))
-        repaired_at = time.monotonic()
-
-        assert report.retried == [job_id] and report.repaired == 1
-        retrying = row(api, job_id)
-        assert retrying["status"] == "retrying" and retrying["attempts"] == 1
-        assert retrying["error"] == WORKER_DIED
-        assert rq_job(redis, job_id).get_status() in {RQStatus.SCHEDULED, RQStatus.QUEUED}
-        assert not redis.zrange("rq:wip:normal", 0, -1)
-
-        workers.start(task_modules=reconcile_tasks.MODULE)
-        final = wait_for_status(api, job_id, "succeeded", timeout_s=20)
-        assert final["attempts"] == 2 and final["result"] == {"attempt": 2}
-        log.info(
-            "SIGKILL: RQ's deadline %.1f s after the kill; the retry succeeded %.1f s after the repair",
-            deadline - killed_at,
-            time.monotonic() - repaired_at,
-        )
-    finally:
-        for pid in orphans:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)

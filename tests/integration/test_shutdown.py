@@ -36,7 +36,9 @@ IDLE_EXIT_BOUND_S = 2.0
 def test_sigterm_during_a_job_lets_it_finish_then_the_worker_exits_without_taking_another(
     live_api: TestClient, redis: Redis, workers: WorkerFactory, database_url: str
 ) -> None:
-    worker = workers.start("normal")
+    # A poll shorter than the job: the maintenance due right after it must not start the worker's
+    # RQ scheduler again (stopped on SIGTERM), which held the exit for ever.
+    worker = workers.start("normal", worker_poll_s=1)
     running = submit(live_api, "demo.sleep", {"seconds": 3, "steps": 3})["id"]
     wait_for_status(live_api, running, "started")
     behind = submit(live_api, "demo.sleep", {"seconds": 0, "steps": 1})["id"]
