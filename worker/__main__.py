@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 
+from redis.exceptions import RedisError
 from rq.serializers import JSONSerializer
 
 from backend.config import Settings, get_settings
@@ -69,11 +71,30 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     settings = get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
-    worker = build_worker(settings, queues=queue_names(args.queues), name=args.name)
-    log.info("worker %s on queues %s", worker.name, ", ".join(worker.queue_names()))
-    worker.work(
-        burst=args.burst, max_jobs=args.max_jobs, with_scheduler=True, logging_level=settings.log_level
-    )
+    name = args.name
+    while True:
+        worker = build_worker(settings, queues=queue_names(args.queues), name=name)
+        log.info("worker %s on queues %s", worker.name, ", ".join(worker.queue_names()))
+        try:
+            worker.work(
+                burst=args.burst,
+                max_jobs=args.max_jobs,
+                with_scheduler=True,
+                logging_level=settings.log_level,
+            )
+        except RedisError as exc:  # from RQ's teardown, which cannot record the end with Redis away
+            log.warning("worker %s could not record its end (%s)", worker.name, exc)
+        asked_to_end = worker.asked_to_stop or args.burst
+        if asked_to_end or (args.max_jobs is not None and worker.jobs_taken >= args.max_jobs):
+            return
+        # RQ ended the worker on an error (Redis going away where RQ does not wait for it): the
+        # process stays, waits for Redis, and works again under the same name.
+        name = worker.name
+        log.warning("worker %s stopped on an error; it starts again when Redis answers", name)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # no job runs now: a stop may end it at once
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        worker.wait_for_redis()
+        worker.connection.delete(worker.key)  # its own stale registration, which RQ could not end
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 from rq import Worker
+from rq.exceptions import StopRequested
 from rq.executions import Execution
 from rq.job import Job
 from rq.job import JobStatus as RQJobStatus
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 STOP_CHECK_S = 0.1  # how often a sleeping scheduler looks for a stop request
 #: The error of a job handed back to its queue because its worker shut down.
 HANDED_BACK = "handed back"
+#: The error of a job whose horse ended while Redis was away, before it could record the end.
+REDIS_LOST = "the job's end could not be recorded: Redis was away"
 
 
 class JobCancelled(Exception):
@@ -109,13 +112,71 @@ class LanesWorker(Worker):
         return self._replay_due or super().should_run_maintenance_tasks
 
     def run_maintenance_tasks(self) -> None:
-        if self._replay_due:
-            self._last_replay = time.monotonic()
-            self._skip_paused_queues()
-            self.mirror.replay_pending()
-            self._take_over_scheduling()
-        if super().should_run_maintenance_tasks:
-            super().run_maintenance_tasks()
+        try:
+            if self._replay_due:
+                self._last_replay = time.monotonic()
+                self._skip_paused_queues()
+                self.mirror.replay_pending()
+                self._take_over_scheduling()
+            if super().should_run_maintenance_tasks:
+                super().run_maintenance_tasks()
+        except RedisError as exc:  # Redis away: the dequeue that follows waits for it with backoff
+            log.warning("worker %s: maintenance skipped, Redis does not answer (%s)", self.name, exc)
+
+    # -- Redis going away -------------------------------------------------------------------------
+    #
+    # RQ waits out a Redis outage only inside its blocking dequeue; an error anywhere else (a state
+    # change, a heartbeat, the end of a job) ends the worker. These keep it alive instead: a lost
+    # heartbeat or state write is only logged, and a job whose end could not be recorded is settled
+    # once Redis is back.
+
+    def check_for_suspension(self, burst: bool) -> None:
+        try:
+            super().check_for_suspension(burst)
+        except RedisError as exc:
+            log.warning("worker %s: suspension not checked, Redis does not answer (%s)", self.name, exc)
+
+    def set_state(self, state: Any, pipeline: Any = None) -> None:
+        try:
+            super().set_state(state, pipeline)
+        except RedisError as exc:
+            log.warning("worker %s: state %s not recorded, Redis does not answer (%s)", self.name, state, exc)
+
+    def monitor_work_horse(self, job: Job, queue: Queue, execution: Execution) -> None:
+        while True:
+            try:
+                super().monitor_work_horse(job, queue, execution)
+                return
+            except RedisError as exc:
+                log.warning("worker %s: Redis went away while job %s ran (%s)", self.name, job.id, exc)
+            self.wait_for_redis()
+            if self.horse_pid and _still_running(self.horse_pid):
+                continue  # the horse runs on: watch it again
+            self._horse_pid = 0
+            self._settle(job, queue, execution)
+            return
+
+    def wait_for_redis(self) -> None:
+        """Block until Redis answers, backing off from 0.5 s to 10 s; a stop request ends the wait."""
+        wait = 0.5
+        while True:
+            try:
+                self.connection.ping()
+                return
+            except RedisError:
+                if self._stop_asked_at is not None and not self.horse_pid:
+                    raise StopRequested() from None
+                time.sleep(wait)
+                wait = min(10.0, wait * 2)
+
+    def _settle(self, job: Job, queue: Queue, execution: Execution) -> None:
+        """The horse ended while Redis was away: keep what it recorded, else retry or fail the job."""
+        status = job.get_status(refresh=True)
+        if status in (RQJobStatus.FINISHED, RQJobStatus.FAILED, RQJobStatus.STOPPED, RQJobStatus.CANCELED):
+            self.mirror.sync(job)
+            return
+        log.warning("job %s ended while Redis was away and its end was not recorded", job.id)
+        self.handle_job_failure(job, queue, exc_string=REDIS_LOST, execution=execution)
 
     def _skip_paused_queues(self) -> None:
         """Listen only on the queues no admin has paused (`lanes:paused`), read every poll.
@@ -188,8 +249,11 @@ class LanesWorker(Worker):
     # -- signs of life -------------------------------------------------------------------------
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
-        super().heartbeat(timeout, pipeline)
-        self._beat(pipeline)
+        try:
+            super().heartbeat(timeout, pipeline)
+            self._beat(pipeline)
+        except RedisError as exc:
+            log.warning("worker %s: heartbeat lost, Redis does not answer (%s)", self.name, exc)
 
     def _beat(self, pipeline: Any = None) -> None:
         connection = pipeline if pipeline is not None else self.connection
@@ -211,6 +275,11 @@ class LanesWorker(Worker):
         die_with_parent(self._parent_pid)  # in the horse: an orphan must not run on beside the retry
 
     # -- shutting down ---------------------------------------------------------------------------
+
+    @property
+    def asked_to_stop(self) -> bool:
+        """Whether a SIGTERM or Ctrl-C asked this worker to stop."""
+        return self._stop_asked_at is not None
 
     def request_stop(self, signum: Any, frame: Any) -> None:
         if self._stop_asked_at is None:
@@ -257,8 +326,12 @@ class LanesWorker(Worker):
             return
         super()._handle_stopped_job(job, queue, execution)
 
+    #: Jobs taken (run, or found cancelled); `python -m worker --max-jobs` compares against it.
+    jobs_taken = 0
+
     def execute_job(self, job: Job, queue: Queue) -> None:
-        self._beat()  # an idle worker beats only once a poll; the job must not look abandoned
+        self.jobs_taken += 1
+        self.heartbeat()  # an idle worker beats only once a poll; the job must not look abandoned
         if self._claim(job, queue):
             super().execute_job(job, queue)
 
@@ -322,6 +395,15 @@ class LanesWorker(Worker):
         super().handle_job_retry(job, queue, retry, started_job_registry, execution)
         if not _is_delivery(job):
             self.mirror.ended_badly(job, attempt=attempt, exc_string="the task asked to be retried")
+
+
+def _still_running(pid: int) -> bool:
+    """Whether our child `pid` runs on (reaping it if it has ended)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return done == 0
 
 
 def _is_delivery(job: Job) -> bool:
