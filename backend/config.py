@@ -211,6 +211,8 @@ class Settings(BaseSettings):
             raise ValueError("LANES_ENV=production refuses LANES_WEBHOOK_ALLOW=localhost")
         if not self.rate_limit_enabled:
             raise ValueError("LANES_ENV=production refuses LANES_RATE_LIMIT_ENABLED=false")
+        if self.sql_echo:
+            raise ValueError("LANES_ENV=production refuses LANES_SQL_ECHO: it logs every statement's values")
         if self.redis_tls_verify == "none" and self.redis_url.startswith("rediss://"):
             raise ValueError(
                 "LANES_ENV=production refuses LANES_REDIS_TLS_VERIFY=none: give it the CA instead"

@@ -44,11 +44,13 @@ def make_engine(
     pool_size: int | None = None,
     max_overflow: int | None = None,
     pool_timeout_s: float | None = None,
+    hide_parameters: bool = False,
 ) -> Engine:
     """An engine for `url`: SQLite in WAL mode with a busy timeout, or a pre-pinging server pool
-    (sized by `pool_size`, `max_overflow`, `pool_timeout_s` where given: LANES_DB_POOL_*)."""
+    (sized by `pool_size`, `max_overflow`, `pool_timeout_s` where given: LANES_DB_POOL_*).
+    `hide_parameters` keeps statement parameters (params, secrets) out of logged errors."""
     parsed = make_url(url)
-    kwargs: dict[str, Any] = {"echo": echo}
+    kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": hide_parameters}
     if parsed.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
     else:
@@ -131,11 +133,13 @@ def utcnow() -> datetime:
 
 
 def engine_for(settings: Any) -> Engine:
-    """The process's engine from its settings: URL, echo and the PostgreSQL pool's size."""
+    """The process's engine from its settings: URL, echo and the PostgreSQL pool's size; in
+    production, errors do not carry statement parameters (a job's params, a webhook secret)."""
     return make_engine(
         settings.database_url,
         echo=settings.sql_echo,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout_s=settings.db_pool_timeout_s,
+        hide_parameters=settings.env == "production",
     )

@@ -55,6 +55,7 @@ def build_worker(settings: Settings, *, queues: list[str], name: str | None = No
         worker_ttl=settings.worker_ttl_s,
         job_monitoring_interval=settings.worker_heartbeat_s,
         default_result_ttl=settings.result_ttl_s,
+        log_job_description=False,  # RQ would log each job's params; Lanes logs id, task and queue
     )
     worker.poll_s = settings.worker_poll_s
     worker.shutdown_grace_s = settings.worker_shutdown_grace_s

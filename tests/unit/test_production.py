@@ -28,6 +28,7 @@ POSTGRES = "postgresql+psycopg://lanes@db.internal/lanes"
         ({"webhook_allow": "localhost"}, "localhost"),
         ({"rate_limit_enabled": False}, "RATE_LIMIT_ENABLED=false"),
         ({"redis_url": "rediss://redis.internal:6380/0", "redis_tls_verify": "none"}, "TLS_VERIFY=none"),
+        ({"sql_echo": True}, "LANES_SQL_ECHO"),
     ],
 )
 def test_production_refuses_what_is_only_safe_on_a_laptop(values: dict[str, Any], reason: str) -> None:
