@@ -38,8 +38,11 @@ DEAD_WORKER_DEADLINE_S = 120
 #: Rows younger than this are left alone by the sweep (30 s by default); the test's job is killed
 #: seconds after it starts, so a short grace keeps the test short without changing the mechanism.
 GRACE = {"reconcile_grace_s": 5}
+#: The two stories that wait on the sweep (about 20 s each) run on the production database only.
+ON_POSTGRESQL = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 
+@ON_POSTGRESQL
 def test_a_worker_killed_with_its_horse_has_its_job_retried_by_the_sweep_and_its_children_die_too(
     api_factory: Callable[..., TestClient], workers: WorkerFactory, schedulers: SchedulerFactory
 ) -> None:
@@ -67,6 +70,7 @@ def test_a_worker_killed_with_its_horse_has_its_job_retried_by_the_sweep_and_its
     log.info("worker and horse SIGKILLed: the row said retrying %.1f s later", noticed_s)
 
 
+@ON_POSTGRESQL
 def test_a_worker_parent_killed_alone_takes_its_horse_along_so_the_job_never_runs_twice(
     api_factory: Callable[..., TestClient], workers: WorkerFactory, schedulers: SchedulerFactory
 ) -> None:
