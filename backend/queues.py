@@ -47,6 +47,8 @@ def alive_key(worker_name: str) -> str:
 
 #: Beats a worker may miss before its running job counts as abandoned.
 ALIVE_BEATS = 3
+#: A field of the worker's RQ hash: set, the worker keeps its `alive_key`.
+ALIVE_FIELD = "lanes_alive"
 
 REDIS_CONNECT_TIMEOUT_S = 2.0
 REDIS_SOCKET_TIMEOUT_S = 5.0

@@ -28,6 +28,7 @@ from backend.enums import JobStatus
 from backend.jobs import enqueue_row
 from backend.models import JobRow
 from backend.queues import (
+    ALIVE_FIELD,
     LanesJob,
     alive_key,
     attempt_of,
@@ -197,11 +198,11 @@ def free_dead_schedulers(redis: Redis, queue_names: Sequence[str]) -> list[str]:
         if not holder:
             continue
         with redis.pipeline() as pipe:
-            pipe.exists(f"{Worker.redis_worker_namespace_prefix}{holder}")
+            pipe.hexists(f"{Worker.redis_worker_namespace_prefix}{holder}", ALIVE_FIELD)
             pipe.exists(alive_key(holder))
-            registered, beating = pipe.execute()
+            keeps_alive_key, beating = pipe.execute()
         # Deleted only if it still names the dead worker: a live scheduler may have taken it since.
-        if registered and not beating and redis.eval(_DELETE_IF_HOLDER, 1, key, holder):
+        if keeps_alive_key and not beating and redis.eval(_DELETE_IF_HOLDER, 1, key, holder):
             log.warning("reconcile: freed %s, held by dead worker %s", key, holder)
             freed.append(key)
     return freed

@@ -5,7 +5,8 @@ MULTI/EXEC so the batch is seen at one instant: `LPOS` on the queue and on the q
 intermediate list (where a single-queue worker parks a job it has taken), `ZSCORE` in the
 scheduled, deferred and ready registries, and the job's executions. For a job RQ says is started it
 then reads each execution's deadline in `rq:wip:<queue>` and whether its worker is alive: RQ's key
-for the worker, and Lanes's `lanes:alive:<worker>`, which lapses after three missed heartbeats.
+for the worker, and Lanes's `lanes:alive:<worker>`, which lapses after three missed heartbeats (for
+a worker whose RQ hash says it keeps one: a worker of an older Lanes is judged by RQ's signs).
 Nothing is listed whole: every lookup is per job, and `LPOS` stops after `LPOS_QUEUE_LIMIT`
 entries, so a queue longer than that is not searched (its jobs count as held, and `unchecked`).
 """
@@ -26,7 +27,7 @@ from rq.serializers import JSONSerializer
 
 from backend.enums import JobStatus
 from backend.models import JobRow
-from backend.queues import LanesJob, alive_key, queue_for
+from backend.queues import ALIVE_FIELD, LanesJob, alive_key, queue_for
 
 #: Longest queue searched for a missing job; past it `LPOS` would cost too much per job.
 LPOS_QUEUE_LIMIT = 10_000
@@ -130,14 +131,15 @@ def _with_liveness(
             worker_key = f"{Worker.redis_worker_namespace_prefix}{where.worker or ''}"
             pipe.exists(worker_key)
             pipe.hexists(worker_key, "death")
+            pipe.hexists(worker_key, ALIVE_FIELD)
             pipe.exists(alive_key(where.worker or ""))
             for execution in where.executions:
                 pipe.zscore(queues[job_id].started_job_registry.key, execution)
         replies = iter(pipe.execute())
     for job_id in started:
         where = found[job_id]
-        exists, dead, beating = next(replies), next(replies), next(replies)
-        alive = bool(exists and beating) and not dead and where.worker is not None
+        exists, dead, keeps_alive_key, beating = next(replies), next(replies), next(replies), next(replies)
+        alive = bool(exists) and not dead and where.worker is not None and (beating or not keeps_alive_key)
         deadlines = [next(replies) for _ in where.executions]
         in_time = any(deadline is not None and float(deadline) > now.timestamp() for deadline in deadlines)
         live = tuple(e for e, d in zip(where.executions, deadlines, strict=True) if d is not None)

@@ -29,6 +29,7 @@ from backend.control import CLAIM_SCRIPT
 from backend.enums import WEBHOOK_QUEUE
 from backend.queues import (
     ALIVE_BEATS,
+    ALIVE_FIELD,
     IDLE_QUEUE,
     PAUSED_KEY,
     LanesJob,
@@ -260,6 +261,12 @@ class LanesWorker(Worker):
         # Busy, it beats every job_monitoring_interval; idle, after every dequeue timeout.
         beat_s = max(self.job_monitoring_interval, self.dequeue_timeout)
         connection.set(alive_key(self.name), os.getpid(), ex=ALIVE_BEATS * beat_s)
+
+    def register_birth(self) -> None:
+        super().register_birth()
+        # Says that this worker keeps `lanes:alive:<name>`: while it lapses, the worker is dead.
+        # (A worker of an older Lanes keeps none, and is judged by RQ's signs alone.)
+        self.connection.hset(self.key, ALIVE_FIELD, 1)
 
     def register_death(self) -> None:
         with contextlib.suppress(RedisError):

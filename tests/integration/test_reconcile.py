@@ -294,3 +294,32 @@ def test_a_job_rq_says_is_running_on_no_live_worker_is_retried_or_failed_as_rq_w
     assert (again.status, again.attempts, again.error) == ("retrying", 1, WORKER_DIED) and again.next_retry_at
     dead = current(sessions, spent.id)
     assert (dead.status, dead.attempts, dead.error) == ("failed", 1, WORKER_DIED)
+
+
+@pytest.mark.parametrize(("keeps_alive_key", "outcome"), [(True, "retried"), (False, "left running")])
+def test_a_worker_that_keeps_an_alive_key_is_dead_when_it_lapses_and_one_that_keeps_none_is_judged_by_rq(
+    redis: Redis, sessions: sessionmaker[Session], settings: Settings, keeps_alive_key: bool, outcome: str
+) -> None:
+    # A worker RQ still counts alive (its key, an execution before its deadline) but that stopped
+    # beating: a worker of this Lanes is dead; one of an older Lanes (rolling upgrade) is not.
+    job = insert_row(sessions, max_retries=1)
+    enqueue_row(redis=redis, settings=settings, row=job)
+    redis.lrem("rq:queue:normal", 0, job.id)
+    redis.hset(f"rq:job:{job.id}", mapping={"status": RQStatus.STARTED.value, "worker_name": "w-quiet"})
+    redis.hset(
+        "rq:worker:w-quiet", mapping={"state": "busy", **({"lanes_alive": 1} if keeps_alive_key else {})}
+    )
+    redis.zadd(f"rq:executions:{job.id}", {"e1": time.time()})
+    redis.zadd("rq:wip:normal", {f"{job.id}:e1": time.time() + 60})
+    with session_scope(sessions) as session:
+        values = mirror.started_values(worker="w-quiet", started_at=utcnow() - timedelta(minutes=5))
+        mirror.advance(session, job_id=job.id, status=JobStatus.STARTED, attempt=1, values=values)
+
+    report = run(sessions, redis, settings)
+
+    if outcome == "retried":
+        assert report.retried == [job.id]
+        assert current(sessions, job.id).status == "retrying"
+    else:
+        assert report.repaired == 0
+        assert current(sessions, job.id).status == "started"
