@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, SkipValidation
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SkipValidation,
+)
 
 from backend.enums import JobStatus, Priority
 from backend.job_requests import MAX_BATCH_JOBS, MAX_DEPENDENCIES
@@ -25,6 +33,29 @@ WebhookUrl = Annotated[
 JobId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
+def _has_utc_time(value: datetime) -> datetime:
+    """`value`, if it is a time in UTC too: `9999-12-31T23:59:59-23:59` is past year 9999 there."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time is out of range once in UTC") from None
+    return value
+
+
+#: A time with a UTC offset that has a UTC equivalent.
+UtcTime = Annotated[AwareDatetime, AfterValidator(_has_utc_time)]
+
+
+def _refuse_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("NUL characters are not allowed")
+    return value
+
+
+#: For text written to SQL as given: PostgreSQL cannot store a NUL character, so none is accepted.
+NoNul = AfterValidator(_refuse_nul)
+
+
 class JobCreate(BaseModel):
     """A request to run `task` once with `params`."""
 
@@ -36,7 +67,7 @@ class JobCreate(BaseModel):
     max_retries: int | None = Field(
         default=None, ge=0, description="Retries after the first attempt (at most LANES_MAX_RETRIES_LIMIT)."
     )
-    run_at: AwareDatetime | None = Field(
+    run_at: UtcTime | None = Field(
         default=None,
         description="Run no earlier than this (ISO 8601 with offset). More than a minute past: refused.",
         examples=["2026-11-22T18:00:00+00:00"],

@@ -21,7 +21,7 @@ from backend import tenants
 from backend.api.deps import RateLimitsDep, SessionDep, SettingsDep
 from backend.api.ratelimit import LimitName
 from backend.enums import Role
-from backend.errors import Forbidden, Unauthorized
+from backend.errors import Forbidden, NotFound, Unauthorized
 from backend.models import TenantRow
 
 UNAUTHORIZED = "a valid API key is required: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
@@ -88,3 +88,13 @@ def get_platform_admin(caller: CallerDep) -> Caller:
 
 
 PlatformAdminDep = Annotated[Caller, Depends(get_platform_admin)]
+
+
+def check_tenant_name(asked: str | None) -> None:
+    """`NotFound` for a `tenant` that no tenant's name or id can be, before SQL sees it.
+
+    PostgreSQL fails on a NUL character in a query where SQLite only finds nothing; checked here,
+    both answer 404.
+    """
+    if asked is not None and tenants.TENANT_NAME_PATTERN.fullmatch(asked) is None:
+        raise NotFound(f"tenant {asked!r} not found", code="tenant_not_found")

@@ -7,14 +7,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 
 from backend import quotas, tenants
-from backend.api.auth import CallerDep, PlatformAdminDep, get_caller
+from backend.api.auth import CallerDep, PlatformAdminDep, check_tenant_name, get_caller
 from backend.api.deps import NowDep, SessionDep, SettingsDep
 from backend.errors import NotFound
 from backend.schemas import CreditsOut, ErrorOut, TenantOut
 
 router = APIRouter(prefix="/api/v1", tags=["tenants"], dependencies=[Depends(get_caller)])
 
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (401, 403, 404, 429, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (401, 403, 404, 422, 429, 503)
+}
 
 
 @router.get("/credits", response_model=CreditsOut, responses=ERRORS)
@@ -28,6 +30,7 @@ def get_credits(
     ] = None,
 ) -> CreditsOut:
     """Show the caller's quota credits: limit, used, remaining and reset time, per day and month."""
+    check_tenant_name(tenant)
     row = tenants.get_tenant(session=session, name_or_id=caller.tenant_id)
     if tenant is not None and tenant not in (row.name, row.id):
         if not caller.platform_admin:

@@ -12,7 +12,7 @@ from redis import Redis
 from sqlalchemy.orm import Session
 
 from backend import control, estimates, jobs, tenants
-from backend.api.auth import CallerDep, PlatformAdminDep, get_caller
+from backend.api.auth import CallerDep, PlatformAdminDep, check_tenant_name, get_caller
 from backend.api.deps import NowDep, RedisDep, SessionDep, SettingsDep, TasksDep
 from backend.api.errors import validation_code
 from backend.api.ratelimit import LimitName, route_limit
@@ -152,6 +152,7 @@ def list_jobs(
     ] = None,
 ) -> JobPage:
     """List jobs, newest first, one page at a time."""
+    check_tenant_name(tenant)
     scope = tenants.scope_for(
         session=session, own=caller.tenant_id, admin=caller.platform_admin, asked=tenant
     )

@@ -16,7 +16,7 @@ from backend.schemas import ErrorOut, QueueControlOut, QueueOut, QueuesOut, Stat
 router = APIRouter(prefix="/api/v1", tags=["queues and workers"], dependencies=[Depends(get_caller)])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (401, 403, 404, 422, 429, 503)
+    code: {"model": ErrorOut} for code in (400, 401, 403, 404, 413, 422, 429, 503)
 }
 QueueName = Annotated[str, Path(max_length=64)]
 

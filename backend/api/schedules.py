@@ -21,7 +21,7 @@ from backend.db import utcnow
 from backend.enums import Priority
 from backend.errors import NotFound
 from backend.models import JobRow, ScheduleRow
-from backend.schemas import ErrorOut, JobOut, JobPage, Timestamp, WebhookUrl
+from backend.schemas import ErrorOut, JobOut, JobPage, NoNul, Timestamp, WebhookUrl
 
 router = APIRouter(prefix="/api/v1/schedules", tags=["schedules"], dependencies=[Depends(get_caller)])
 
@@ -30,7 +30,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut} for code in (400, 401, 404, 413, 422, 429, 503)
 }
 ScheduleId = Annotated[str, Path(max_length=200)]
-Name = Annotated[str, Field(min_length=1, max_length=200)]
+Name = Annotated[str, Field(min_length=1, max_length=200), NoNul]
 Cron = Annotated[str, Field(min_length=1, max_length=cron.MAX_CRON_CHARS, examples=["*/15 * * * *"])]
 TimeZone = Annotated[str, Field(min_length=1, max_length=64, examples=["Europe/Paris"])]
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends
 
 from backend.api.auth import get_caller
 from backend.api.deps import SettingsDep, TasksDep
-from backend.schemas import TaskOut
+from backend.schemas import ErrorOut, TaskOut
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"], dependencies=[Depends(get_caller)])
 
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (401, 429, 503)}
 
-@router.get("", response_model=list[TaskOut])
+
+@router.get("", response_model=list[TaskOut], responses=ERRORS)
 def list_tasks(tasks: TasksDep, settings: SettingsDep) -> list[TaskOut]:
     """List the registered tasks with their parameters' JSON Schema."""
     return [

@@ -17,7 +17,7 @@ from backend.schemas import ErrorOut, WebhookDeliveryOut, WebhookSecretOut
 router = APIRouter(prefix="/api/v1", tags=["webhooks"], dependencies=[Depends(get_caller)])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (401, 403, 404, 409, 422, 429, 503)
+    code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503)
 }
 JobId = Annotated[str, Path(max_length=200, pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
