@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,27 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.stop()
+
+
+@dataclass
+class Platform:
+    """API, worker and scheduler processes on the test's own Redis; all stopped when it ends."""
+
+    apis: ApiFactory
+    workers: WorkerFactory
+    schedulers: SchedulerFactory
+
+
+@pytest.fixture
+def platform(own_redis: RedisServer, database_url: str, tmp_path: Path) -> Iterator[Platform]:
+    found = Platform(
+        ApiFactory(own_redis.url, database_url, tmp_path),
+        WorkerFactory(own_redis.url, database_url, tmp_path),
+        SchedulerFactory(own_redis.url, database_url, tmp_path),
+    )
+    yield found
+    for factory in (found.apis, found.workers, found.schedulers):
+        factory.stop_all()
 
 
 def restart(server: RedisServer, *, down_s: float, wipe: bool = False) -> None:
@@ -93,75 +115,57 @@ def statuses(api_url: str, key: str, ids: list[str]) -> dict[str, str]:
 
 @ON_SQLITE
 def test_a_redis_restart_under_load_loses_no_job_and_needs_no_restart_of_anything(
-    own_redis: RedisServer, database_url: str, tmp_path: Path
+    own_redis: RedisServer, platform: Platform, database_url: str
 ) -> None:
-    url = own_redis.url
-    apis = ApiFactory(url, database_url, tmp_path)
-    workers = WorkerFactory(url, database_url, tmp_path)
-    schedulers = SchedulerFactory(url, database_url, tmp_path, settings={"reconcile_grace_s": 5})
     key = tenant_key(database_url, "acme")
-    try:
-        api = apis.start(rate_limit_enabled=False, retry_base_s=1)  # a job cut off by the outage retries soon
-        first, second = workers.start(), workers.start()
-        scheduler = schedulers.start()
-        load = Load(api.url, key)
-        load.start()
-        wait_for(lambda: len(load.accepted) >= 20, message="some jobs before the outage")
+    # retry_base_s: a job the outage cut off retries soon
+    api = platform.apis.start(rate_limit_enabled=False, retry_base_s=1)
+    first, second = platform.workers.start(), platform.workers.start()
+    scheduler = platform.schedulers.start(reconcile_grace_s=5)
+    load = Load(api.url, key)
+    load.start()
+    wait_for(lambda: len(load.accepted) >= 20, message="some jobs before the outage")
 
-        restart(own_redis, down_s=3)
-        back = time.monotonic()
-        during = len(load.statuses)
-        wait_for(
-            lambda: load.statuses[-5:] == [202] * 5, timeout_s=30, message="submits to be accepted again"
-        )
-        load.stopping.set()
-        load.join(timeout=30)
+    restart(own_redis, down_s=3)
+    back = time.monotonic()
+    during = len(load.statuses)
+    wait_for(lambda: load.statuses[-5:] == [202] * 5, timeout_s=30, message="submits to be accepted again")
+    load.stopping.set()
+    load.join(timeout=30)
 
-        answered = set(load.statuses)
-        assert 503 in answered, "the API should have answered 503 while Redis was down"
-        assert answered <= {202, 503}, answered  # never a 500, never a dropped connection
-        assert during < len(load.statuses)
-        ids = load.accepted
-        final = wait_for(
-            lambda: (found := statuses(api.url, key, ids)) and set(found.values()) <= TERMINAL and found,
-            timeout_s=120,
-            interval_s=1,
-            message="every accepted job to end",
-        )
-        assert set(final.values()) == {"succeeded"}
-        for process in (first, second, scheduler, api):
-            assert process.process.poll() is None, process.log()
-        first_after = next(
-            t for t, code in zip(load.at, load.statuses, strict=True) if t > back and code == 202
-        )
-        log.info(
-            "%d jobs accepted, %d refused with 503; the API took submits again %.2f s after Redis was back",
-            len(ids),
-            load.statuses.count(503),
-            first_after - back,
-        )
-    finally:
-        apis.stop_all()
-        workers.stop_all()
-        schedulers.stop_all()
+    answered = set(load.statuses)
+    assert 503 in answered, "the API should have answered 503 while Redis was down"
+    assert answered <= {202, 503}, answered  # never a 500, never a dropped connection
+    assert during < len(load.statuses)
+    ids = load.accepted
+    final = wait_for(
+        lambda: (found := statuses(api.url, key, ids)) and set(found.values()) <= TERMINAL and found,
+        timeout_s=120,
+        interval_s=1,
+        message="every accepted job to end",
+    )
+    assert set(final.values()) == {"succeeded"}
+    for process in (first, second, scheduler, api):
+        assert process.process.poll() is None, process.log()
+    first_after = next(t for t, code in zip(load.at, load.statuses, strict=True) if t > back and code == 202)
+    log.info(
+        "%d jobs accepted, %d refused with 503; the API took submits again %.2f s after Redis was back",
+        len(ids),
+        load.statuses.count(503),
+        first_after - back,
+    )
 
 
 @ON_SQLITE
 def test_a_redis_that_comes_back_empty_gets_its_schedules_and_queued_jobs_back_from_sql(
-    own_redis: RedisServer, database_url: str, tmp_path: Path
+    own_redis: RedisServer, platform: Platform, database_url: str
 ) -> None:
-    url = own_redis.url
-    apis = ApiFactory(url, database_url, tmp_path)
-    workers = WorkerFactory(url, database_url, tmp_path)
-    schedulers = SchedulerFactory(
-        url, database_url, tmp_path, settings={"reconcile_interval_s": 2, "reconcile_grace_s": 1}
-    )
     key = tenant_key(database_url, "acme")
     headers = {"Authorization": f"Bearer {key}"}
-    probe = Redis.from_url(url)
+    probe = Redis.from_url(own_redis.url)
     try:
-        api = apis.start(rate_limit_enabled=False)
-        schedulers.start()
+        api = platform.apis.start(rate_limit_enabled=False)
+        platform.schedulers.start(reconcile_interval_s=2, reconcile_grace_s=1)
         created = httpx.post(
             f"{api.url}/api/v1/schedules",
             json={"name": "nightly", "task": "demo.echo", "cron": "0 3 * * *"},
@@ -181,7 +185,7 @@ def test_a_redis_that_comes_back_empty_gets_its_schedules_and_queued_jobs_back_f
         assert probe.dbsize() == 0 or probe.llen("rq:queue:normal") == 0  # it came back with nothing
 
         wait_for(lambda: probe.zcard(ENTRIES_KEY) == 1, timeout_s=30, message="the schedule's entry again")
-        workers.start()
+        platform.workers.start()
         final = wait_for(
             lambda: (found := statuses(api.url, key, ids)) and set(found.values()) == {"succeeded"} and found,
             timeout_s=60,
@@ -191,9 +195,6 @@ def test_a_redis_that_comes_back_empty_gets_its_schedules_and_queued_jobs_back_f
         assert len(final) == 5
     finally:
         probe.close()
-        apis.stop_all()
-        workers.stop_all()
-        schedulers.stop_all()
 
 
 class Cuttable(threading.Thread):
@@ -254,20 +255,19 @@ class Cuttable(threading.Thread):
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_jobs_that_end_while_the_database_is_away_are_not_failed_or_run_again_and_their_rows_catch_up(
-    own_redis: RedisServer, database_url: str, tmp_path: Path
+    own_redis: RedisServer, platform: Platform, database_url: str
 ) -> None:
     server = make_url(database_url)
     proxy = Cuttable(server.port or 5432)
     proxy.start()
     proxied = server.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    apis = ApiFactory(own_redis.url, database_url, tmp_path)  # the API reads the database directly
-    workers = WorkerFactory(own_redis.url, proxied, tmp_path)
+    platform.workers.database_url = proxied  # the API reads the database directly
     key = tenant_key(database_url, "acme")
     headers = {"Authorization": f"Bearer {key}"}
     probe = Redis.from_url(own_redis.url)
     try:
-        api = apis.start(rate_limit_enabled=False)
-        workers.start()
+        api = platform.apis.start(rate_limit_enabled=False)
+        platform.workers.start()
         proxy.cut()
         ids = [
             httpx.post(
@@ -303,8 +303,6 @@ def test_jobs_that_end_while_the_database_is_away_are_not_failed_or_run_again_an
         log.info("rows caught up %.1f s after the database came back", time.monotonic() - mended)
     finally:
         probe.close()
-        apis.stop_all()
-        workers.stop_all()
         proxy.close()
 
 
@@ -315,39 +313,34 @@ def rows(api_url: str, key: str, ids: list[str]) -> list[dict[str, Any]]:
 
 @ON_SQLITE
 def test_eight_workers_writing_to_one_sqlite_file_never_meet_a_locked_database(
-    own_redis: RedisServer, database_url: str, tmp_path: Path
+    platform: Platform, database_url: str
 ) -> None:
-    apis = ApiFactory(own_redis.url, database_url, tmp_path)
-    workers = WorkerFactory(own_redis.url, database_url, tmp_path)
     key = tenant_key(database_url, "acme")
-    try:
-        api = apis.start(rate_limit_enabled=False)
-        started = [workers.start(wait_ready=False) for _ in range(8)]
-        for worker in started:
-            workers.wait_ready(worker, timeout_s=60)
-        batch = [{"task": "demo.sleep", "params": {"seconds": 0, "steps": 3}} for _ in range(100)]
-        answer = httpx.post(
-            f"{api.url}/api/v1/jobs/batch",
-            json={"jobs": batch},
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=60,
-        )
-        assert answer.status_code == 202, answer.text
-        ids = [job["id"] for job in answer.json()["jobs"]]
+    workers = platform.workers
+    api = platform.apis.start(rate_limit_enabled=False)
+    started = [workers.start(wait_ready=False) for _ in range(8)]
+    for worker in started:
+        workers.wait_ready(worker, timeout_s=60)
+    batch = [{"task": "demo.sleep", "params": {"seconds": 0, "steps": 3}} for _ in range(100)]
+    answer = httpx.post(
+        f"{api.url}/api/v1/jobs/batch",
+        json={"jobs": batch},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
+    )
+    assert answer.status_code == 202, answer.text
+    ids = [job["id"] for job in answer.json()["jobs"]]
 
-        final = wait_for(
-            lambda: (found := statuses(api.url, key, ids)) and set(found.values()) <= TERMINAL and found,
-            timeout_s=120,
-            interval_s=1,
-            message="every job to end",
-        )
+    final = wait_for(
+        lambda: (found := statuses(api.url, key, ids)) and set(found.values()) <= TERMINAL and found,
+        timeout_s=120,
+        interval_s=1,
+        message="every job to end",
+    )
 
-        assert set(final.values()) == {"succeeded"}
-        took_part = [w for w in started if "lanes.jobs: job" in w.log()]
-        assert len(took_part) >= 4, "the jobs should have been spread over the workers"
-        logs = "".join(w.log() for w in started) + api.log()
-        assert "database is locked" not in logs
-        assert "SQL mirror write failed" not in logs
-    finally:
-        apis.stop_all()
-        workers.stop_all()
+    assert set(final.values()) == {"succeeded"}
+    took_part = [w for w in started if "lanes.jobs: job" in w.log()]
+    assert len(took_part) >= 4, "the jobs should have been spread over the workers"
+    logs = "".join(w.log() for w in started) + api.log()
+    assert "database is locked" not in logs
+    assert "SQL mirror write failed" not in logs

@@ -44,6 +44,15 @@ def submit_and_finish(api: ApiProcess, key: str, *, timeout_s: float = 30) -> di
     return wait_for(finished, timeout_s=timeout_s, interval_s=0.1, message=f"job {job_id} to finish")
 
 
+def factories(
+    url: str, database_url: str, log_dir: Path, settings: dict[str, Any]
+) -> tuple[WorkerFactory, ApiFactory]:
+    """Worker and API factories whose processes reach Redis only through `settings`."""
+    connect = Settings.model_validate({"REDIS_URL": url, "DATABASE_URL": database_url, **settings})
+    workers = WorkerFactory(url, database_url, log_dir, settings=settings, connect=lambda: redis_for(connect))
+    return workers, ApiFactory(url, database_url, log_dir)
+
+
 def ready(api: ApiProcess) -> int:
     return httpx.get(f"{api.url}/readyz", timeout=15).status_code
 
@@ -134,11 +143,7 @@ def test_the_api_and_a_worker_use_redis_over_tls_as_an_acl_user(
         "redis_tls_cert_file": str(certificates.client_cert),
         "redis_tls_key_file": str(certificates.client_key),
     }
-    connect = Settings.model_validate({"REDIS_URL": url, "DATABASE_URL": database_url, **settings})
-    workers = WorkerFactory(
-        url, database_url, tmp_path, settings=settings, connect=lambda: redis_for(connect)
-    )
-    apis = ApiFactory(url, database_url, tmp_path)
+    workers, apis = factories(url, database_url, tmp_path, settings)
     key = tenant_key(database_url, "acme")
     try:
         workers.start()
@@ -223,11 +228,7 @@ def test_through_sentinel_jobs_keep_running_after_a_failover(
         "redis_sentinels": f"127.0.0.1:{sentinel_set.sentinel_port}",
         "redis_sentinel_master": "mymaster",
     }
-    connect = Settings.model_validate({"REDIS_URL": url, "DATABASE_URL": database_url, **settings})
-    workers = WorkerFactory(
-        url, database_url, tmp_path, settings=settings, connect=lambda: redis_for(connect)
-    )
-    apis = ApiFactory(url, database_url, tmp_path)
+    workers, apis = factories(url, database_url, tmp_path, settings)
     key = tenant_key(database_url, "acme")
     try:
         worker = workers.start()
