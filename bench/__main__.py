@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from bench import drain, scheduler, submit
+from bench import commands, drain, latency, scheduler, submit
 from bench.env import BenchEnv, BenchError
 from bench.report import LATEST_JSON, Comparison, environment, environment_line, table, write_json
 
-BENCHMARKS = ("submit", "drain", "scheduler")
+BENCHMARKS = ("submit", "drain", "latency", "commands", "scheduler")
 
 
 @dataclass(frozen=True)
@@ -30,16 +30,17 @@ class Sizes:
     concurrency: int
     warmup_jobs: int
     drain_jobs: int
+    latency_samples: int
     schedules: int
 
 
 FULL = Sizes(
     rounds=3, http_jobs=1000, inprocess_jobs=1000, concurrency=8, warmup_jobs=100, drain_jobs=300,
-    schedules=1000,
+    latency_samples=100, schedules=1000,
 )  # fmt: skip
 QUICK = Sizes(
     rounds=1, http_jobs=200, inprocess_jobs=200, concurrency=8, warmup_jobs=20, drain_jobs=60,
-    schedules=100,
+    latency_samples=20, schedules=100,
 )  # fmt: skip
 
 
@@ -73,6 +74,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         concurrency=args.concurrency or base.concurrency,
         warmup_jobs=base.warmup_jobs,
         drain_jobs=args.drain_jobs or base.drain_jobs,
+        latency_samples=base.latency_samples,
         schedules=args.schedules or base.schedules,
     )
 
@@ -96,6 +98,14 @@ def run(sizes: Sizes, only: list[str], *, keep: bool) -> list[Comparison]:
         if "drain" in only:
             say(f"drain: {sizes.rounds} round(s) of {sizes.drain_jobs} jobs per worker")
             rows += drain.run(env, drain.DrainOptions(rounds=sizes.rounds, jobs=sizes.drain_jobs))
+        if "latency" in only:
+            say(f"latency: {sizes.rounds} round(s) of {sizes.latency_samples} jobs, one at a time")
+            rows += latency.run(
+                env, latency.LatencyOptions(rounds=sizes.rounds, samples=sizes.latency_samples)
+            )
+        if "commands" in only:
+            say(f"commands: Redis commands per job, {sizes.drain_jobs} jobs, counted once")
+            rows += commands.run(env, sizes.drain_jobs)
         if "scheduler" in only:
             say(f"scheduler: {sizes.rounds} round(s) of 1 and of {sizes.schedules} due the same second")
             rows += scheduler.run(
