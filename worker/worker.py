@@ -250,9 +250,17 @@ class LanesWorker(Worker):
     # -- signs of life -------------------------------------------------------------------------
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        # RQ sends a heartbeat's three commands one by one; here they and the alive key share one
+        # round trip (the pipeline of the caller, or one of our own).
         try:
-            super().heartbeat(timeout, pipeline)
-            self._beat(pipeline)
+            if pipeline is not None:
+                super().heartbeat(timeout, pipeline)
+                self._beat(pipeline)
+                return
+            with self.connection.pipeline(transaction=False) as own:
+                super().heartbeat(timeout, own)
+                self._beat(own)
+                own.execute()
         except RedisError as exc:
             log.warning("worker %s: heartbeat lost, Redis does not answer (%s)", self.name, exc)
 
@@ -338,7 +346,10 @@ class LanesWorker(Worker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         self.jobs_taken += 1
-        self.heartbeat()  # an idle worker beats only once a poll; the job must not look abandoned
+        try:  # an idle worker beats only once a poll; the job must not look abandoned
+            self._beat()
+        except RedisError as exc:
+            log.warning("worker %s: alive key not renewed, Redis does not answer (%s)", self.name, exc)
         if self._claim(job, queue):
             super().execute_job(job, queue)
 
