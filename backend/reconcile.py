@@ -174,7 +174,9 @@ def reconcile(
             lock.release()
 
     run.report.duration_s = round(time.monotonic() - started, 3)
-    log.info("reconcile: %s", run.report.summary())
+    # The quick pass runs every few seconds: only what it did is worth a line at INFO.
+    quiet = only_running and not run.report.repaired and not run.report.errors
+    log.log(logging.DEBUG if quiet else logging.INFO, "reconcile: %s", run.report.summary())
     return run.report
 
 
