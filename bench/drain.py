@@ -26,7 +26,7 @@ from rq.serializers import JSONSerializer
 from backend.enums import JobStatus
 from bench.env import BIN, BenchEnv, BenchError, Child, wait_for
 from bench.lanes import LanesClient
-from bench.report import Comparison
+from bench.report import Comparison, sides
 from bench.submit import enqueue_bare
 
 LANES_QUEUE = "normal"  # demo.echo's priority
@@ -54,18 +54,16 @@ def run(env: BenchEnv, options: DrainOptions) -> list[Comparison]:
     whole = Comparison("drain incl. start-up", "jobs/s", notes=dict(notes))
     redis = env.redis()
     with LanesClient(redis_url=env.redis_url, database_url=env.database_url) as lanes:
-        for round_no in range(1, options.rounds + 1):
-            # Alternate which side goes first, so neither always runs on a warmer machine.
-            for side in ("lanes", "bare") if round_no % 2 else ("bare", "lanes"):
-                env.flush_redis()
-                if side == "lanes":
-                    result = lanes_round(env, redis, lanes, jobs=options.jobs, round_no=round_no)
-                    steady.lanes.append(options.jobs / result.drain_s)
-                    whole.lanes.append(options.jobs / result.total_s)
-                else:
-                    result = bare_round(env, redis, jobs=options.jobs, round_no=round_no)
-                    steady.bare.append(options.jobs / result.drain_s)
-                    whole.bare.append(options.jobs / result.total_s)
+        for round_no, side in sides(options.rounds):
+            env.flush_redis()
+            if side == "lanes":
+                result = lanes_round(env, redis, lanes, jobs=options.jobs, round_no=round_no)
+                steady.lanes.append(options.jobs / result.drain_s)
+                whole.lanes.append(options.jobs / result.total_s)
+            else:
+                result = bare_round(env, redis, jobs=options.jobs, round_no=round_no)
+                steady.bare.append(options.jobs / result.drain_s)
+                whole.bare.append(options.jobs / result.total_s)
     return [steady, whole]
 
 

@@ -26,7 +26,7 @@ from rq.serializers import JSONSerializer
 
 from bench.env import BIN, BenchEnv, Child, wait_for
 from bench.lanes import LanesClient
-from bench.report import Comparison
+from bench.report import Comparison, sides
 from bench.submit import PARAMS
 from bench.trivial import noop
 
@@ -47,17 +47,16 @@ def run(env: BenchEnv, options: LatencyOptions) -> list[Comparison]:
     p99 = Comparison("enqueue to start, idle worker, p99", "ms", notes=dict(notes), better="lower")
     redis = env.redis()
     with LanesClient(redis_url=env.redis_url, database_url=env.database_url) as lanes:
-        for round_no in range(1, options.rounds + 1):
-            for side in ("lanes", "bare") if round_no % 2 else ("bare", "lanes"):
-                env.flush_redis()
-                if side == "lanes":
-                    samples = lanes_round(env, redis, lanes, options.samples, round_no)
-                    p50.lanes.append(percentile(samples, 50))
-                    p99.lanes.append(percentile(samples, 99))
-                else:
-                    samples = bare_round(env, redis, options.samples, round_no)
-                    p50.bare.append(percentile(samples, 50))
-                    p99.bare.append(percentile(samples, 99))
+        for round_no, side in sides(options.rounds):
+            env.flush_redis()
+            if side == "lanes":
+                samples = lanes_round(env, redis, lanes, options.samples, round_no)
+                p50.lanes.append(percentile(samples, 50))
+                p99.lanes.append(percentile(samples, 99))
+            else:
+                samples = bare_round(env, redis, options.samples, round_no)
+                p50.bare.append(percentile(samples, 50))
+                p99.bare.append(percentile(samples, 99))
     return [p50, p99]
 
 

@@ -7,6 +7,7 @@ import os
 import platform
 import statistics
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -60,6 +61,14 @@ class Comparison:
             "bare_rounds": [round(v, 2) for v in self.bare],
             "notes": self.notes,
         }
+
+
+def sides(rounds: int) -> Iterator[tuple[int, str]]:
+    """(round, side) for every round and side, the side going first alternating by round, so
+    neither always runs on a warmer machine."""
+    for round_no in range(1, rounds + 1):
+        for side in ("lanes", "bare") if round_no % 2 else ("bare", "lanes"):
+            yield round_no, side
 
 
 def environment() -> dict[str, Any]:

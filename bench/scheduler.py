@@ -44,7 +44,7 @@ from backend.schedules import create_schedule
 from backend.tasks import registry
 from bench.env import BIN, BenchEnv, BenchError, Child, wait_for
 from bench.lanes import PARAMS, TASK, LanesClient
-from bench.report import Comparison
+from bench.report import Comparison, sides
 from bench.trivial import noop
 
 LANES_QUEUE_KEY = "rq:queue:normal"  # demo.echo's priority
@@ -120,26 +120,25 @@ def run(env: BenchEnv, options: SchedulerOptions) -> list[Comparison]:
             # Warm-up, not counted: a long-running daemon has compiled its SQL and opened its pages.
             warm = lanes_firing(lanes, lanes_child, single), bare_firing(bare_redis, bare_child, 1)
             detail["warmup_1_due_ms"] = {"lanes": round(warm[0].max_ms, 2), "bare": round(warm[1].max_ms, 2)}
-            for round_no in range(1, options.rounds + 1):
-                for side in ("lanes", "bare") if round_no % 2 else ("bare", "lanes"):
-                    if side == "lanes":
-                        a = lanes_firing(lanes, lanes_child, single)
-                        b = lanes_firing(lanes, lanes_child, many)
-                        target = "lanes"
-                        detail["lanes_sync_in_firing_pass"].append([a.notes["sync"], b.notes["sync"]])
-                    else:
-                        a = bare_firing(bare_redis, bare_child, 1)
-                        b = bare_firing(bare_redis, bare_child, n)
-                        target = "bare"
-                    getattr(one, target).append(a.max_ms)
-                    getattr(p50, target).append(b.p50_ms)
-                    getattr(worst, target).append(b.max_ms)
-                    getattr(whole, target).append(b.all_on_queue_ms)
-                    detail[f"{target}_p95_ms"].append(round(b.p95_ms, 2))
-                    say(
-                        f"scheduler round {round_no} {side}: 1 due {a.max_ms:.1f} ms; {n} due p50 "
-                        f"{b.p50_ms:.1f} max {b.max_ms:.1f} all on queue {b.all_on_queue_ms:.1f} ms"
-                    )
+            for round_no, side in sides(options.rounds):
+                if side == "lanes":
+                    a = lanes_firing(lanes, lanes_child, single)
+                    b = lanes_firing(lanes, lanes_child, many)
+                    target = "lanes"
+                    detail["lanes_sync_in_firing_pass"].append([a.notes["sync"], b.notes["sync"]])
+                else:
+                    a = bare_firing(bare_redis, bare_child, 1)
+                    b = bare_firing(bare_redis, bare_child, n)
+                    target = "bare"
+                getattr(one, target).append(a.max_ms)
+                getattr(p50, target).append(b.p50_ms)
+                getattr(worst, target).append(b.max_ms)
+                getattr(whole, target).append(b.all_on_queue_ms)
+                detail[f"{target}_p95_ms"].append(round(b.p95_ms, 2))
+                say(
+                    f"scheduler round {round_no} {side}: 1 due {a.max_ms:.1f} ms; {n} due p50 "
+                    f"{b.p50_ms:.1f} max {b.max_ms:.1f} all on queue {b.all_on_queue_ms:.1f} ms"
+                )
             for child in (lanes_child, bare_child):
                 if not child.alive():
                     raise BenchError(f"{child.name} exited during the benchmark:\n{child.log_tail()}")
