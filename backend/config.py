@@ -60,7 +60,7 @@ class Settings(BaseSettings):
 
     env: Literal["development", "production"] = Field(
         default="development",
-        description="`production` refuses the unsafe defaults (SQLite, loopback webhooks).",
+        description="`production` refuses the unsafe defaults (SQLite, loopback webhooks, SQL echo …).",
     )
     db_pool_size: int = Field(
         default=5, ge=1, description="Connections each process keeps open to PostgreSQL."
@@ -221,11 +221,7 @@ class Settings(BaseSettings):
 
     def redis_sentinel_addresses(self) -> list[tuple[str, int]]:
         """`redis_sentinels` as (host, port) pairs; a bare host means Sentinel's port 26379."""
-        addresses = []
-        for part in filter(None, (part.strip() for part in self.redis_sentinels.split(","))):
-            host, colon, port = part.rpartition(":")
-            addresses.append((host, int(port)) if colon else (part, 26379))
-        return addresses
+        return sentinel_addresses(self.redis_sentinels)
 
     def task_module_names(self) -> list[str]:
         return [name.strip() for name in self.task_modules.split(",") if name.strip()]
@@ -247,10 +243,7 @@ class Settings(BaseSettings):
     @field_validator("redis_sentinels")
     @classmethod
     def _sentinels(cls, value: str) -> str:
-        for part in value.split(","):
-            host, colon, port = part.strip().rpartition(":")
-            if colon and not (host and port.isdigit() and 0 < int(port) < 65536):
-                raise ValueError(f"{part.strip()!r} is not a Sentinel address like 'sentinel-1:26379'")
+        sentinel_addresses(value)  # ValueError names the bad address
         return value
 
     @field_validator("redis_url")
@@ -275,6 +268,20 @@ class Settings(BaseSettings):
             if part.strip():
                 ip_network(part.strip(), strict=False)  # ValueError names the bad one
         return value
+
+
+def sentinel_addresses(value: str) -> list[tuple[str, int]]:
+    """`host:port, host` as (host, port) pairs, 26379 where no port is given; ValueError if bad."""
+    addresses = []
+    for part in filter(None, (part.strip() for part in value.split(","))):
+        host, colon, port = part.rpartition(":")
+        if not colon:
+            addresses.append((part, 26379))
+        elif host and port.isdigit() and 0 < int(port) < 65536:
+            addresses.append((host, int(port)))
+        else:
+            raise ValueError(f"{part!r} is not a Sentinel address like 'sentinel-1:26379'")
+    return addresses
 
 
 @lru_cache

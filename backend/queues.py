@@ -120,7 +120,8 @@ def redis_for(settings: Settings, *, socket_timeout_s: float | None = REDIS_SOCK
         options["username"] = settings.redis_username
     if settings.redis_password.get_secret_value():
         options["password"] = settings.redis_password.get_secret_value()
-    if urlsplit(settings.redis_url).scheme == "rediss":
+    tls = urlsplit(settings.redis_url).scheme == "rediss"
+    if tls:
         verify = settings.redis_tls_verify
         options.update(
             ssl_cert_reqs=verify,
@@ -136,7 +137,7 @@ def redis_for(settings: Settings, *, socket_timeout_s: float | None = REDIS_SOCK
     for where in ("host", "port", "path", "connection_class"):
         from_url.pop(where, None)
     options.update(from_url)
-    if urlsplit(settings.redis_url).scheme == "rediss":
+    if tls:
         options["ssl"] = True  # Sentinel then connects to the master with SentinelManagedSSLConnection
     sentinel_options: dict[str, Any] = _timeouts(REDIS_SOCKET_TIMEOUT_S)
     sentinel_options.pop("health_check_interval")

@@ -38,7 +38,7 @@ from backend.queues import (
     scheduled_at,
 )
 from backend.sync import sync_from_rq
-from backend.whereabouts import Whereabouts, clear_leftovers
+from backend.whereabouts import Whereabouts, as_text, clear_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def free_dead_schedulers(redis: Redis, queue_names: Sequence[str]) -> list[str]:
     (`lanes:alive:<name>` lapsed) is deleted; a live worker takes it at its next poll.
     """
     keys = [RQScheduler.get_locking_key(name) for name in queue_names]
-    holders = [_text(holder) for holder in redis.mget(keys)]
+    holders = [as_text(holder) for holder in redis.mget(keys)]
     freed = []
     for key, holder in zip(keys, holders, strict=True):
         if not holder:
@@ -212,10 +212,6 @@ _DELETE_IF_HOLDER = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-
-
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def abandon(session: Session, redis: Redis, row: JobRow, where: Whereabouts) -> str | None:

@@ -107,12 +107,12 @@ def look(redis: Redis, rows: Sequence[JobRow], *, now: datetime) -> dict[str, Wh
             index * per_row : (index + 1) * per_row
         ]
         found[row.id] = Whereabouts(
-            status=_text(status),
+            status=as_text(status),
             epoch=_epoch(meta),
             on_queue=on_queue is not None or parked is not None,
             waiting=any(score is not None for score in (scheduled, deferred, ready)),
-            executions=tuple(f"{row.id}:{_text(e)}" for e in execution_ids),
-            worker=_text(worker),
+            executions=tuple(f"{row.id}:{as_text(e)}" for e in execution_ids),
+            worker=as_text(worker),
             unchecked=int(on_queue is None and lengths[row.queue] > LPOS_QUEUE_LIMIT),
         )
     return _with_liveness(redis, found, queues={row.id: queues[row.queue] for row in rows}, now=now)
@@ -173,13 +173,14 @@ def clear_leftovers(redis: Redis, queue_name: str, job_id: str) -> None:
 def queue_names(redis: Redis, defaults: Iterable[str]) -> list[str]:
     """The given queues and every other queue RQ knows (`rq:queues`), in that order."""
     prefix = Queue.redis_queue_namespace_prefix
-    known = sorted(_text(key) or "" for key in redis.smembers(Queue.redis_queues_keys))
+    known = sorted(as_text(key) or "" for key in redis.smembers(Queue.redis_queues_keys))
     return list(
         dict.fromkeys([*defaults, *(key.removeprefix(prefix) for key in known if key.startswith(prefix))])
     )
 
 
-def _text(value: bytes | str | None) -> str | None:
+def as_text(value: bytes | str | None) -> str | None:
+    """A Redis reply as text (None stays None)."""
     if value is None:
         return None
     return value.decode() if isinstance(value, bytes) else str(value)

@@ -10,8 +10,10 @@ import argparse
 import logging
 import signal
 
+from redis import Redis
 from redis.exceptions import RedisError
 from rq.serializers import JSONSerializer
+from sqlalchemy import Engine
 
 from backend.config import Settings, get_settings
 from backend.db import engine_for, make_sessionmaker
@@ -41,11 +43,18 @@ def queue_names(raw: list[str]) -> list[str]:
     return names or list(WORKER_QUEUES)
 
 
-def build_worker(settings: Settings, *, queues: list[str], name: str | None = None) -> LanesWorker:
-    """A worker with its own Redis client and SQL engine, built in this process."""
+def build_worker(
+    settings: Settings,
+    *,
+    queues: list[str],
+    name: str | None = None,
+    redis: Redis | None = None,
+    engine: Engine | None = None,
+) -> LanesWorker:
+    """A worker with a Redis client and SQL engine of this process (made here unless given)."""
     registry.load_modules(settings.task_module_names())
-    redis = redis_for(settings, socket_timeout_s=None)
-    engine = engine_for(settings)
+    redis = redis if redis is not None else redis_for(settings, socket_timeout_s=None)
+    engine = engine if engine is not None else engine_for(settings)
     worker = LanesWorker(
         all_queues(redis, queues),
         name=name,
@@ -73,8 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
     name = args.name
+    redis, engine = redis_for(settings, socket_timeout_s=None), engine_for(settings)
     while True:
-        worker = build_worker(settings, queues=queue_names(args.queues), name=name)
+        worker = build_worker(
+            settings, queues=queue_names(args.queues), name=name, redis=redis, engine=engine
+        )
         log.info("worker %s on queues %s", worker.name, ", ".join(worker.queue_names()))
         try:
             worker.work(
