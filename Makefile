@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 QUEUES ?=
 NAME   ?=
+MODE   ?=
+PROCESSES ?=
 PYTEST_ARGS ?=
 ARGS ?=
 
@@ -15,7 +17,8 @@ export PYTHONPATH := $(CURDIR)
 help:
 	@echo "make demo      run the whole platform (Redis, SQLite, API, two workers, scheduler) in one terminal"
 	@echo "make test      lint and every test (SQLite, and PostgreSQL where it answers)"
-	@echo "make install | up | down | migrate | api | worker [QUEUES=high] [NAME=w1] | scheduler | lint | bench"
+	@echo "make install | up | down | migrate | api | scheduler | lint | bench"
+	@echo "make worker [QUEUES=high] [NAME=w1] [MODE=fork|simple] [PROCESSES=4]"
 	@echo "make reconcile | prune   repair rows against RQ | delete finished rows past LANES_RETENTION_DAYS"
 	@echo "make admin ARGS='create-tenant NAME --plan pro'   tenants and API keys (python -m backend.admin --help)"
 
@@ -41,7 +44,7 @@ api: $(STAMP) migrate
 	$(BIN)/python -m backend.serve
 
 worker: $(STAMP)
-	$(BIN)/python -m worker $(QUEUES) $(if $(NAME),--name $(NAME))
+	$(BIN)/python -m worker $(QUEUES) $(if $(NAME),--name $(NAME)) $(if $(MODE),--mode $(MODE)) $(if $(PROCESSES),--processes $(PROCESSES))
 
 scheduler: $(STAMP) migrate
 	$(BIN)/python -m scheduler $(if $(NAME),--name $(NAME))

@@ -102,6 +102,13 @@ class Settings(BaseSettings):
     cancel_wait_s: float = Field(
         default=5.0, ge=0, le=60, description="How long a cancel waits for a running job to stop."
     )
+    worker_mode: Literal["fork", "simple"] = Field(
+        default="fork",
+        description="fork: each job in a child process of its own; simple: jobs run in the worker (fastest).",
+    )
+    worker_processes: int = Field(
+        default=1, ge=1, le=256, description="Worker processes one `python -m worker` runs and restarts."
+    )
     worker_poll_s: int = Field(
         default=5, ge=1, description="An idle worker wakes this often to replay mirror writes."
     )

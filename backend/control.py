@@ -51,8 +51,11 @@ WAITING = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RETRYING)
 REQUEUEABLE = (JobStatus.FAILED, JobStatus.CANCELLED)
 _RQ_WAITING = {RQStatus.QUEUED.value, RQStatus.SCHEDULED.value, RQStatus.DEFERRED.value}
 
-#: Run by a worker before it forks: 1 if the job is now claimed as started, 0 if it was cancelled.
+#: Run by a worker before it starts a job: 1 if the job is now claimed as started, 0 if it was
+#: cancelled. It also renews the worker's alive key (KEYS[3], value ARGV[2], for ARGV[3] seconds):
+#: an idle worker beats only once a poll, and its new job must not look abandoned.
 CLAIM_SCRIPT = """
+redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3])
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == false or status == 'canceled' then return 0 end

@@ -13,17 +13,51 @@ does not exist (a job put on a queue behind the API's back) is created from what
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import Integer, Table, Update, and_, bindparam, case, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from backend.db import upsert, utcnow
 from backend.enums import STATUS_RANK, TERMINAL_STATUSES, JobStatus, Priority
 from backend.models import JobRow
 
-_rank = case({status.value: rank for status, rank in STATUS_RANK.items()}, value=JobRow.status, else_=99)
+_jobs = cast(Table, JobRow.__table__)
+_rank = case({status.value: rank for status, rank in STATUS_RANK.items()}, value=_jobs.c.status, else_=99)
+_TERMINAL = [status.value for status in TERMINAL_STATUSES]
+#: The conditional UPDATE of `advance`, one per set of columns it writes, built once: a Core
+#: statement with bound parameters that SQLAlchemy compiles once and finds in its cache by identity
+#: after that. (An ORM `update(JobRow)` built per call cost four times as much per write.)
+_statements: dict[tuple[str, ...], Update] = {}
+
+
+def _advance_statement(columns: tuple[str, ...]) -> Update:
+    statement = _statements.get(columns)
+    if statement is None:
+        epoch, attempt = bindparam("at_epoch", type_=Integer), bindparam("at_attempt", type_=Integer)
+        statement = (
+            update(_jobs)
+            .where(
+                _jobs.c.id == bindparam("at_id"),
+                or_(
+                    _jobs.c.epoch < epoch,
+                    and_(
+                        _jobs.c.epoch == epoch,
+                        _jobs.c.status.not_in([literal(status) for status in _TERMINAL]),  # no expanding list
+                        or_(
+                            _jobs.c.attempts < attempt,
+                            and_(_jobs.c.attempts == attempt, _rank < bindparam("at_rank")),
+                        ),
+                    ),
+                ),
+            )
+            .values({column: bindparam(f"set_{column}") for column in columns})
+        )
+        _statements[columns] = statement
+    return statement
 
 
 def advance(
@@ -41,7 +75,6 @@ def advance(
     `create` holds the columns for a row that does not exist yet; without it a missing row is left
     missing. The caller commits.
     """
-    new_rank = STATUS_RANK[status]
     changes = {
         **(values or {}),
         "status": status.value,
@@ -49,28 +82,89 @@ def advance(
         "epoch": epoch,
         "updated_at": utcnow(),
     }
-    statement = (
-        update(JobRow)
-        .where(
-            JobRow.id == job_id,
-            or_(
-                JobRow.epoch < epoch,
-                and_(
-                    JobRow.epoch == epoch,
-                    JobRow.status.not_in([s.value for s in TERMINAL_STATUSES]),
-                    or_(JobRow.attempts < attempt, and_(JobRow.attempts == attempt, _rank < new_rank)),
-                ),
-            ),
-        )
-        .values(**changes)
-        .execution_options(synchronize_session=False)
-    )
-    if session.execute(statement).rowcount:  # type: ignore[attr-defined]
+    parameters = _parameters(job_id, status, attempt, epoch, values, changes["updated_at"])
+    if session.execute(_advance_statement(tuple(sorted(changes))), parameters).rowcount:  # type: ignore[attr-defined]
         return True
     if create is None or session.get(JobRow, job_id) is not None:
         return False
     _insert_if_missing(session, {**create, "id": job_id, **changes})
     return True
+
+
+@dataclass(frozen=True)
+class Move:
+    """One `advance`, as data: what a write-behind batches."""
+
+    job_id: str
+    status: JobStatus
+    attempt: int
+    epoch: int = 0
+    values: dict[str, Any] | None = None
+    #: The columns of a row to create if it is missing, computed only then.
+    create: Callable[[], dict[str, Any]] | None = None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(sorted({*(self.values or {}), "status", "attempts", "epoch", "updated_at"}))
+
+    def apply(self, session: Session) -> bool:
+        create = self.create() if self.create is not None else None
+        return advance(
+            session,
+            job_id=self.job_id,
+            status=self.status,
+            attempt=self.attempt,
+            epoch=self.epoch,
+            values=self.values,
+            create=create,
+        )
+
+
+def advance_all(session: Session, moves: Sequence[Move]) -> None:
+    """Apply `moves`, each job's in its order; moves of the same columns go in one `executemany`.
+
+    The moves are taken in waves, the first move of every job, then the second, and so on, so that
+    a job's `started` lands before its `succeeded` while every job's `started` shares one
+    statement. When a group's rows did not all move (a row to create, or a write that came late),
+    its moves are applied again one by one: a row that moved does not move twice.
+    """
+    waves: list[list[Move]] = []
+    taken: dict[str, int] = {}
+    for move in moves:
+        index = taken.get(move.job_id, 0)
+        taken[move.job_id] = index + 1
+        if index == len(waves):
+            waves.append([])
+        waves[index].append(move)
+    now = utcnow()
+    for wave in waves:
+        shapes: dict[tuple[str, ...], list[Move]] = {}
+        for move in wave:
+            shapes.setdefault(move.columns, []).append(move)
+        for columns, group in shapes.items():
+            if len(group) > 1:
+                parameters = [
+                    _parameters(m.job_id, m.status, m.attempt, m.epoch, m.values, now) for m in group
+                ]
+                if session.execute(_advance_statement(columns), parameters).rowcount == len(group):  # type: ignore[attr-defined]
+                    continue
+            for move in group:
+                move.apply(session)
+
+
+def _parameters(
+    job_id: str, status: JobStatus, attempt: int, epoch: int, values: dict[str, Any] | None, now: datetime
+) -> dict[str, Any]:
+    changes = {
+        **(values or {}),
+        "status": status.value,
+        "attempts": attempt,
+        "epoch": epoch,
+        "updated_at": now,
+    }
+    parameters = {f"set_{column}": value for column, value in changes.items()}
+    parameters.update(at_id=job_id, at_epoch=epoch, at_attempt=attempt, at_rank=STATUS_RANK[status])
+    return parameters
 
 
 def _insert_if_missing(session: Session, row: dict[str, Any]) -> None:

@@ -155,8 +155,30 @@ def _timeouts(socket_timeout_s: float | None) -> dict[str, Any]:
     }
 
 
+#: Pops the first job of the first non-empty list of KEYS, in order: {key, job id}, or nil.
+_FIRST_POP_SCRIPT = """
+for _, key in ipairs(KEYS) do
+  local id = redis.call('LPOP', key)
+  if id then return {key, id} end
+end
+return nil
+"""
+
+
+class LanesQueue(Queue):
+    """RQ's queue, but a `--burst` worker's non-blocking pass over its queues is one round trip,
+    where RQ's pops each queue in turn (a worker that waits for work makes one BLPOP either way)."""
+
+    @classmethod
+    def lpop(cls, queue_keys: Sequence[str], timeout: int | None, connection: Redis | None = None) -> Any:
+        if timeout is not None or connection is None or len(queue_keys) < 2:
+            return super().lpop(queue_keys, timeout, connection=connection)
+        result = connection.eval(_FIRST_POP_SCRIPT, len(queue_keys), *queue_keys)
+        return (result[0], result[1]) if result else None
+
+
 def queue_for(name: str, connection: Redis) -> Queue:
-    return Queue(name, connection=connection, job_class=LanesJob, serializer=JSONSerializer)
+    return LanesQueue(name, connection=connection, job_class=LanesJob, serializer=JSONSerializer)
 
 
 def all_queues(connection: Redis, names: Sequence[str] = tuple(QUEUE_ORDER)) -> list[Queue]:

@@ -8,10 +8,13 @@ row from RQ's own record of the job (`sync_from_rq`), which is the truth.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from redis import Redis
@@ -28,16 +31,27 @@ from backend.db import session_scope, utcnow
 from backend.dependencies import cancel_dependents
 from backend.enums import JobStatus
 from backend.queues import MIRROR_PENDING_KEY, LanesJob, attempt_of, epoch_of, scheduled_at
+from backend.writebehind import Counter, Observation, WriteBehind
 
 log = logging.getLogger(__name__)
 #: One line per job state change (started: its wait; retrying, succeeded, failed: its run).
 job_log = logging.getLogger("lanes.jobs")
 
 REPLAY_BATCH = 100
+WARM_UP_ID = "lanes-warm-up"  # a job id no row has: the warm-up's statements match nothing
 
-#: Exceptions RQ raises from signal handlers (a stop request, a job's timeout alarm). They may
-#: arrive while a mirror write is under way and must reach RQ, never be swallowed as a write error.
-SIGNALLED = (StopRequested, BaseTimeoutException)
+
+class JobInterrupted(BaseException):
+    """Raised in a simple worker's running job to stop it (a cancel, or the shutdown grace ran out).
+
+    A BaseException, so a task's `except Exception` does not swallow it.
+    """
+
+
+#: Exceptions raised from signal handlers (a stop request, a job's timeout alarm, an interrupt).
+#: They may arrive while a mirror write is under way and must reach RQ, never be swallowed as a
+#: write error.
+SIGNALLED = (StopRequested, BaseTimeoutException, JobInterrupted)
 
 
 class JobMirror:
@@ -50,13 +64,50 @@ class JobMirror:
         redis: Redis,
         progress_min_interval_s: float = 0.5,
         settings: Settings | None = None,
+        behind: WriteBehind | None = None,
     ):
         self.sessions = sessions
         self.redis = redis
         self.progress_min_interval_s = progress_min_interval_s
         #: For webhook events (their retry policy); None emits none (the reconciler's sweep will).
         self.settings = settings
+        #: Where writes and metrics go to be applied off the job's path; None applies them at once.
+        self.behind = behind
         self.failures = 0
+
+    def between_writes(self) -> contextlib.AbstractContextManager[None]:
+        """A block in which no write-behind batch is under way (see `WriteBehind.between_batches`)."""
+        return self.behind.between_batches() if self.behind is not None else contextlib.nullcontext()
+
+    def direct(self) -> JobMirror:
+        """This mirror without its write-behind: for a forked work-horse, where its thread does not run."""
+        if self.behind is None:
+            return self
+        twin = copy.copy(self)
+        twin.behind = None
+        return twin
+
+    def warm_up(self) -> None:
+        """Compile the statements of a job's common steps in this process (they change nothing).
+
+        SQLAlchemy caches a compiled statement on the engine. A forking worker never runs a step
+        itself, so without this each work-horse, forked from it with an empty cache, would compile
+        them anew for every job. A simple worker gains its first job's compile.
+        """
+        steps = (
+            (JobStatus.STARTED, mirror.started_values(worker=None)),
+            (JobStatus.SUCCEEDED, mirror.succeeded_values(result=None)),
+            (JobStatus.RETRYING, mirror.retrying_values(error="", traceback=None, next_retry_at=None)),
+            (JobStatus.FAILED, mirror.failed_values(error="", traceback=None)),
+        )
+        try:
+            with session_scope(self.sessions) as session:
+                for status, values in steps:
+                    mirror.advance(session, job_id=WARM_UP_ID, status=status, attempt=0, values=values)
+                mirror.record_progress(session, job_id=WARM_UP_ID, attempt=0, progress=0, stage="")
+                mirror.record_progress(session, job_id=WARM_UP_ID, attempt=0, progress=0, stage=None)
+        except Exception:  # a database that is away now is the replay's business later
+            log.warning("mirror: statements not compiled ahead (the database does not answer)", exc_info=True)
 
     # -- transitions ---------------------------------------------------------------------------
 
@@ -65,7 +116,7 @@ class JobMirror:
         self._advance(job, JobStatus.STARTED, attempt_of(job), values)
         wait = metrics.job_times(job).get("wait")
         if wait is not None:
-            metrics.observe_time(self.redis, "lanes_job_wait_seconds", wait, queue=job.origin)
+            self._metrics([], [("lanes_job_wait_seconds", {"queue": job.origin}, wait)])
 
     def succeeded(self, job: Job, *, attempt: int, result: Any) -> None:
         values = mirror.succeeded_values(result=result, finished_at=_aware(job.ended_at))
@@ -168,6 +219,18 @@ class JobMirror:
             raise
         except Exception:  # a log line never fails a job either
             log.debug("job %s: state change not logged", job.id, exc_info=True)
+        if self.behind is not None:
+            try:
+                move = mirror.Move(
+                    job.id, status, attempt, epoch_of(job), values, partial(_create_columns, job)
+                )
+            except SIGNALLED:
+                raise
+            except Exception:  # undecodable job data: the guarded write below records what it can
+                move = None
+            if move is not None:
+                self.behind.write(job.id, move)
+                return
         self._write(
             job,
             lambda s: mirror.advance(
@@ -189,7 +252,18 @@ class JobMirror:
         """One job end in the shared counters, and its run time (never raises but for signals)."""
         run = metrics.job_times(job).get("run")
         times = [("lanes_job_run_seconds", {"queue": job.origin}, run)] if run is not None else []
-        metrics.record(self.redis, [(counter, {"task": job.func_name or ""}, 1)], times)
+        self._metrics([(counter, {"task": job.func_name or ""}, 1)], times)
+
+    def _metrics(self, counters: list[Counter], times: list[Observation]) -> None:
+        if self.behind is not None:
+            self.behind.record(counters, times)
+        else:
+            metrics.record(self.redis, counters, times)
+
+    def close(self) -> None:
+        """Apply every write handed over and stop the write-behind thread (a worker, as it exits)."""
+        if self.behind is not None:
+            self.behind.close()
 
     def _emit(self, job: Job) -> None:
         """The job's end event, if it has a webhook (its meta says); guarded, never replayed.
@@ -207,6 +281,9 @@ class JobMirror:
     # -- failure handling ----------------------------------------------------------------------
 
     def _write(self, job: Job, change: Callable[[Session], Any], *, replay: bool = True) -> None:
+        if self.behind is not None:
+            self.behind.write(job.id, change, replay=replay)
+            return
         try:
             with session_scope(self.sessions) as session:
                 change(session)

@@ -27,32 +27,46 @@ BARE_QUEUE = "bench-commands"
 def run(env: BenchEnv, jobs: int) -> list[Comparison]:
     notes = {"jobs": jobs}
     submit = Comparison("Redis commands per submit", "commands", notes=dict(notes), better="lower")
-    work = Comparison("Redis commands per job run", "commands", notes=dict(notes), better="lower")
+    rows = [submit]
     redis = env.redis()
     with LanesClient(redis_url=env.redis_url, database_url=env.database_url) as lanes:
-        env.flush_redis()
-        counts = commands(redis)
-        lanes.submit(jobs)
-        submitted = commands(redis)
-        burst(env, "lanes-commands", [sys.executable, "-m", "worker", "--burst", "--name", "lanes-commands"])
-        ran = commands(redis)
-        submit.lanes.append(total(submitted - counts) / jobs)
-        work.lanes.append(total(ran - submitted) / jobs)
-        work.notes["lanes_top"] = top(ran - submitted)
-        env.flush_redis()
-        counts = commands(redis)
-        enqueue_bare(Queue(BARE_QUEUE, connection=redis, serializer=JSONSerializer), jobs)
-        submitted = commands(redis)
-        bare = [
-            str(BIN / "rq"), "worker", "--burst", "--with-scheduler", "--url", env.redis_url,
-            "--serializer", "rq.serializers.JSONSerializer", "--name", "bare-commands", BARE_QUEUE,
-        ]  # fmt: skip
-        burst(env, "bare-commands", bare)
-        ran = commands(redis)
-        submit.bare.append(total(submitted - counts) / jobs)
-        work.bare.append(total(ran - submitted) / jobs)
-        work.notes["bare_top"] = top(ran - submitted)
-    return [submit, work]
+        for mode, bare_class in (("fork", "rq.Worker"), ("simple", "rq.SimpleWorker")):
+            label = "forking" if mode == "fork" else "simple"
+            work = Comparison(
+                f"Redis commands per job run, {label} worker",
+                "commands",
+                notes={**notes, "mode": mode, "bare": bare_class},
+                better="lower",
+            )
+            env.flush_redis()
+            counts = commands(redis)
+            lanes.submit(jobs)
+            submitted = commands(redis)
+            name = f"lanes-commands-{mode}"
+            burst(env, name, [sys.executable, "-m", "worker", "--burst", "--mode", mode, "--name", name])
+            ran = commands(redis)
+            if mode == "fork":
+                submit.lanes.append(total(submitted - counts) / jobs)
+            work.lanes.append(total(ran - submitted) / jobs)
+            work.notes["lanes_top"] = top(ran - submitted)
+            env.flush_redis()
+            counts = commands(redis)
+            enqueue_bare(Queue(BARE_QUEUE, connection=redis, serializer=JSONSerializer), jobs)
+            submitted = commands(redis)
+            name = f"bare-commands-{mode}"
+            bare = [
+                str(BIN / "rq"), "worker", "--burst", "--with-scheduler", "--url", env.redis_url,
+                "--serializer", "rq.serializers.JSONSerializer", "--worker-class", bare_class,
+                "--name", name, BARE_QUEUE,
+            ]  # fmt: skip
+            burst(env, name, bare)
+            ran = commands(redis)
+            if mode == "fork":
+                submit.bare.append(total(submitted - counts) / jobs)
+            work.bare.append(total(ran - submitted) / jobs)
+            work.notes["bare_top"] = top(ran - submitted)
+            rows.append(work)
+    return rows
 
 
 def burst(env: BenchEnv, name: str, args: list[str]) -> None:

@@ -1,10 +1,11 @@
 """Enqueue-to-start latency: how soon an idle worker starts a job that has just been put on its queue.
 
-Lanes: one `python -m worker normal` (forking LanesWorker, mirror on), idle and blocked on its
-queue; each sample is one `demo.echo` submitted through the domain's `submit_job()`.
+Lanes: one `python -m worker normal --mode M` (mirror on), idle and blocked on its queue; each
+sample is one `demo.echo` submitted through the domain's `submit_job()`.
 
-Bare RQ: one `rq worker` (forking, JSON serializer) on one queue; each sample is one
-`Queue.enqueue` of `bench.trivial.noop`.
+Bare RQ: one `rq worker` (JSON serializer; RQ's forking `Worker` against Lanes' `fork` mode, its
+`SimpleWorker` against `simple`) on one queue; each sample is one `Queue.enqueue` of
+`bench.trivial.noop`.
 
 A sample is RQ's own record of the job: `started_at - enqueued_at`, both written by RQ on this
 machine, so the two sides are timed alike. The next job is put on the queue only when the last
@@ -33,46 +34,56 @@ from bench.trivial import noop
 LANES_QUEUE = "normal"
 BARE_QUEUE = "bench-latency"
 JOB_TIMEOUT_S = 10.0
+MODES = ("fork", "simple")
+BARE_CLASS = {"fork": "rq.Worker", "simple": "rq.SimpleWorker"}
 
 
 @dataclass(frozen=True)
 class LatencyOptions:
     rounds: int
     samples: int
+    modes: tuple[str, ...] = MODES
 
 
 def run(env: BenchEnv, options: LatencyOptions) -> list[Comparison]:
-    notes = {"samples_per_round": options.samples}
-    p50 = Comparison("enqueue to start, idle worker, p50", "ms", notes=dict(notes), better="lower")
-    p99 = Comparison("enqueue to start, idle worker, p99", "ms", notes=dict(notes), better="lower")
+    rows = []
     redis = env.redis()
     with LanesClient(redis_url=env.redis_url, database_url=env.database_url) as lanes:
-        for round_no, side in sides(options.rounds):
-            env.flush_redis()
-            if side == "lanes":
-                samples = lanes_round(env, redis, lanes, options.samples, round_no)
-                p50.lanes.append(percentile(samples, 50))
-                p99.lanes.append(percentile(samples, 99))
-            else:
-                samples = bare_round(env, redis, options.samples, round_no)
-                p50.bare.append(percentile(samples, 50))
-                p99.bare.append(percentile(samples, 99))
-    return [p50, p99]
+        for mode in options.modes:
+            notes = {"samples_per_round": options.samples, "mode": mode, "bare": BARE_CLASS[mode]}
+            label = f"enqueue to start, idle {'forking' if mode == 'fork' else 'simple'} worker"
+            p50 = Comparison(f"{label}, p50", "ms", notes=dict(notes), better="lower")
+            p99 = Comparison(f"{label}, p99", "ms", notes=dict(notes), better="lower")
+            for round_no, side in sides(options.rounds):
+                env.flush_redis()
+                if side == "lanes":
+                    samples = lanes_round(env, redis, lanes, mode, options.samples, round_no)
+                    p50.lanes.append(percentile(samples, 50))
+                    p99.lanes.append(percentile(samples, 99))
+                else:
+                    samples = bare_round(env, redis, mode, options.samples, round_no)
+                    p50.bare.append(percentile(samples, 50))
+                    p99.bare.append(percentile(samples, 99))
+            rows += [p50, p99]
+    return rows
 
 
-def lanes_round(env: BenchEnv, redis: Redis, lanes: LanesClient, samples: int, round_no: int) -> list[float]:
-    name = f"lanes-latency-{round_no}"
-    worker = env.spawn(name, [sys.executable, "-m", "worker", LANES_QUEUE, "--name", name], env.child_env())
+def lanes_round(
+    env: BenchEnv, redis: Redis, lanes: LanesClient, mode: str, samples: int, round_no: int
+) -> list[float]:
+    name = f"lanes-latency-{mode}-{round_no}"
+    args = [sys.executable, "-m", "worker", LANES_QUEUE, "--mode", mode, "--name", name]
+    worker = env.spawn(name, args, env.child_env())
     try:
         return sample(redis, worker, samples, lambda: lanes.submit(1)[0])
     finally:
         worker.stop()
 
 
-def bare_round(env: BenchEnv, redis: Redis, samples: int, round_no: int) -> list[float]:
-    name = f"bare-latency-{round_no}"
+def bare_round(env: BenchEnv, redis: Redis, mode: str, samples: int, round_no: int) -> list[float]:
+    name = f"bare-latency-{mode}-{round_no}"
     args = [
-        str(BIN / "rq"), "worker", "--url", env.redis_url,
+        str(BIN / "rq"), "worker", "--url", env.redis_url, "--worker-class", BARE_CLASS[mode],
         "--serializer", "rq.serializers.JSONSerializer", "--name", name, BARE_QUEUE,
     ]  # fmt: skip
     worker = env.spawn(name, args, env.child_env())

@@ -151,23 +151,32 @@ class WorkerFactory:
     connect: Callable[[], Any] | None = None
 
     def start(
-        self, *queues: str, name: str | None = None, wait_ready: bool = True, **settings: Any
+        self,
+        *queues: str,
+        name: str | None = None,
+        wait_ready: bool = True,
+        processes: int = 1,
+        **settings: Any,
     ) -> WorkerProcess:
+        """`python -m worker`; with `processes` > 1 a pool, whose workers are `<name>-1` … `<name>-N`."""
         name = name or f"w{len(self.started) + 1}-{os.getpid()}"
         log_path = self.log_dir / f"{name}.log"
         env = lanes_env(
             redis_url=self.redis_url, database_url=self.database_url, **{**self.settings, **settings}
         )
-        args = [sys.executable, "-m", "worker", *queues, "--name", name]
+        args = [sys.executable, "-m", "worker", *queues, "--name", name, "--processes", str(processes)]
         with log_path.open("wb") as log:
             process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         worker = WorkerProcess(process=process, log_path=log_path, name=name)
         self.started.append(worker)
         if wait_ready:
-            self.wait_ready(worker)
+            names = [name] if processes == 1 else [f"{name}-{i}" for i in range(1, processes + 1)]
+            self.wait_ready(worker, names=names)
         return worker
 
-    def wait_ready(self, worker: WorkerProcess, timeout_s: float = 20.0) -> None:
+    def wait_ready(
+        self, worker: WorkerProcess, timeout_s: float = 20.0, names: list[str] | None = None
+    ) -> None:
         from redis import Redis
 
         client = self.connect() if self.connect else Redis.from_url(self.redis_url)
@@ -177,7 +186,10 @@ class WorkerFactory:
             wait_for(
                 lambda: (
                     worker.process.poll() is not None
-                    or client.hget(f"rq:worker:{worker.name}", "state") in (b"idle", b"busy")
+                    or all(
+                        client.hget(f"rq:worker:{name}", "state") in (b"idle", b"busy")
+                        for name in names or [worker.name]
+                    )
                 ),
                 timeout_s=timeout_s,
                 message=f"worker {worker.name} to be ready",

@@ -1,14 +1,20 @@
-"""`python -m worker [QUEUE ...] [--name NAME] [--burst]`: run one Lanes worker.
+"""`python -m worker [QUEUE ...] [--name NAME] [--burst] [--mode fork|simple] [--processes N]`.
 
-Queues are drained in the order given (default `high webhooks normal low`). SIGTERM or Ctrl-C lets the
-current job finish, then the worker exits; a second signal stops it at once.
+Runs a Lanes worker. Queues are drained in the order given (default `high webhooks normal low`).
+`--mode` (LANES_WORKER_MODE) says how jobs run: `fork`, each in a work-horse of its own, or
+`simple`, in the worker's process; `--processes` (LANES_WORKER_PROCESSES) runs that many worker
+processes under a supervisor (`worker.pool`). SIGTERM or Ctrl-C lets the current job finish, then
+the worker exits; a second signal stops it at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import sys
+import uuid
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -22,7 +28,10 @@ from backend.logs import configure_logging
 from backend.queues import LanesJob, all_queues, redis_for
 from backend.sync import JobMirror
 from backend.tasks import registry
-from worker.worker import LanesWorker
+from backend.writebehind import WriteBehind
+from worker.lifeline import die_with_parent
+from worker.pool import SUPERVISOR_ENV, Pool
+from worker.worker import LanesBase, LanesSimpleWorker, LanesWorker
 
 log = logging.getLogger("worker")
 
@@ -35,7 +44,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", help="worker name (default: a random hex id)")
     parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     parser.add_argument("--max-jobs", type=int, help="exit after this many jobs")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--mode",
+        choices=("fork", "simple"),
+        help="fork: each job in a process of its own; simple: in the worker's (default: LANES_WORKER_MODE)",
+    )
+    parser.add_argument(
+        "--processes", type=int, help="worker processes to run and restart (default: LANES_WORKER_PROCESSES)"
+    )
+    args = parser.parse_args(argv)
+    if args.processes is not None and args.processes < 1:
+        parser.error("--processes must be at least 1")
+    if args.max_jobs is not None and args.max_jobs < 1:
+        parser.error("--max-jobs must be at least 1")
+    return args
 
 
 def queue_names(raw: list[str]) -> list[str]:
@@ -50,12 +72,16 @@ def build_worker(
     name: str | None = None,
     redis: Redis | None = None,
     engine: Engine | None = None,
-) -> LanesWorker:
-    """A worker with a Redis client and SQL engine of this process (made here unless given)."""
+    mode: str | None = None,
+) -> LanesBase:
+    """A worker of `mode` (default: the settings') with a Redis client and SQL engine of this
+    process (made here unless given)."""
     registry.load_modules(settings.task_module_names())
     redis = redis if redis is not None else redis_for(settings, socket_timeout_s=None)
     engine = engine if engine is not None else engine_for(settings)
-    worker = LanesWorker(
+    simple = (mode or settings.worker_mode) == "simple"
+    worker_class: type[LanesBase] = LanesSimpleWorker if simple else LanesWorker
+    worker = worker_class(
         all_queues(redis, queues),
         name=name,
         connection=redis,
@@ -68,11 +94,14 @@ def build_worker(
     )
     worker.poll_s = settings.worker_poll_s
     worker.shutdown_grace_s = settings.worker_shutdown_grace_s
+    sessions = make_sessionmaker(engine)
     worker.mirror = JobMirror(
-        sessions=make_sessionmaker(engine),
+        sessions=sessions,
         redis=redis,
         progress_min_interval_s=settings.progress_min_interval_s,
         settings=settings,
+        # Writes are committed in batches off the job's path (a work-horse writes its own at once).
+        behind=WriteBehind(sessions=sessions, redis=redis),
     )
     return worker
 
@@ -81,11 +110,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     settings = get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
+    processes = args.processes or settings.worker_processes
+    if processes > 1:
+        sys.exit(
+            Pool(processes, args.name or uuid.uuid4().hex[:8], _child_args(args), burst=args.burst).run()
+        )
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    if supervisor:  # started by a pool: end with it
+        die_with_parent(int(supervisor))
     name = args.name
     redis, engine = redis_for(settings, socket_timeout_s=None), engine_for(settings)
     while True:
         worker = build_worker(
-            settings, queues=queue_names(args.queues), name=name, redis=redis, engine=engine
+            settings, queues=queue_names(args.queues), name=name, redis=redis, engine=engine, mode=args.mode
         )
         log.info("worker %s on queues %s", worker.name, ", ".join(worker.queue_names()))
         try:
@@ -108,6 +145,18 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         worker.wait_for_redis()
         worker.connection.delete(worker.key)  # its own stale registration, which RQ could not end
+
+
+def _child_args(args: argparse.Namespace) -> list[str]:
+    """The command line of each process of a pool, but for its name."""
+    child = list(args.queues)
+    if args.burst:
+        child.append("--burst")
+    if args.max_jobs is not None:
+        child += ["--max-jobs", str(args.max_jobs)]
+    if args.mode:
+        child += ["--mode", args.mode]
+    return child
 
 
 if __name__ == "__main__":

@@ -1,22 +1,33 @@
-"""`LanesWorker`: RQ's forking worker, draining queues in strict order, mirroring to SQL.
+"""Lanes workers: RQ's, draining queues in strict order and mirroring each job's life to SQL.
+
+Two modes share every hook (`LanesBase`): `LanesWorker` (`fork`, the default) runs each job in a
+work-horse forked for it, as RQ's `Worker` does; `LanesSimpleWorker` (`simple`) runs jobs in its
+own process, as RQ's `SimpleWorker` does, and hands its mirror writes to a thread that commits them
+in batches (`backend.writebehind`).
 
 Mirror writes hook in after RQ has persisted each step, and never raise: RQ re-runs a job whose
-success path raises, so nothing here may fail a job. The hooks run in the work-horse for the
-start, success and failure of a job, and in the parent when the horse dies unexpectedly. Webhook
-deliveries (the `webhooks` queue) are run but not mirrored: they have no row of their own.
+success path raises, so nothing here may fail a job. The hooks run where the job runs (the
+work-horse, or the simple worker) for its start, success and failure, and in the forking worker
+when its horse dies unexpectedly. Webhook deliveries (the `webhooks` queue) are run but not
+mirrored: they have no row of their own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
+import json
 import logging
 import os
 import signal
+import sys
+import threading
 import time
+from datetime import datetime
 from typing import Any
 
 from redis.exceptions import RedisError
-from rq import Worker
+from rq import SimpleWorker, Worker
 from rq.exceptions import StopRequested
 from rq.executions import Execution
 from rq.job import Job
@@ -24,6 +35,9 @@ from rq.job import JobStatus as RQJobStatus
 from rq.queue import Queue
 from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
+from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
+from rq.utils import now
+from rq.worker.base import BaseWorker, WorkerStatus
 
 from backend.control import CLAIM_SCRIPT
 from backend.enums import WEBHOOK_QUEUE
@@ -33,18 +47,28 @@ from backend.queues import (
     IDLE_QUEUE,
     PAUSED_KEY,
     LanesJob,
+    LanesQueue,
     alive_key,
     attempt_of,
     cancel_flag_key,
     queue_for,
 )
-from backend.sync import JobMirror
+from backend.sync import JobInterrupted, JobMirror
 from backend.tasks.reporting import set_progress_sink
 from worker.lifeline import die_with_parent
 
 log = logging.getLogger(__name__)
 
 STOP_CHECK_S = 0.1  # how often a sleeping scheduler looks for a stop request
+#: The most a horse reports through its pipe; more (a big result) and it writes the row itself.
+REPORT_MAX_BYTES = 60_000  # under Linux's 64 KiB pipe, so the write never blocks
+BEAT_TICK_S = 0.5  # how often a simple worker's beater looks at its running job
+BEAT_AT_MOST_S = 1.0  # a plain heartbeat this soon after the last is left out
+#: Delivered to a simple worker's main thread to interrupt its running job.
+INTERRUPT_SIGNAL = signal.SIGUSR1
+#: How long a thread may hold the GIL while another waits for it (Python's default: 5 ms). The
+#: simple worker's main thread waits on Redis often and must not then wait for the write-behind.
+GIL_SWITCH_S = 0.0005
 #: The error of a job handed back to its queue because its worker shut down.
 HANDED_BACK = "handed back"
 #: The error of a job whose horse ended while Redis was away, before it could record the end.
@@ -81,21 +105,22 @@ class PromptScheduler(RQScheduler):
         self.stop()
 
 
-class LanesWorker(Worker):
-    """An RQ worker with SQL mirror hooks. Set `mirror`, `poll_s` and `shutdown_grace_s` before `work()`.
+class LanesBase(BaseWorker):
+    """What both Lanes workers add to RQ's; set `mirror`, `poll_s`, `shutdown_grace_s` before `work()`.
 
     Its heartbeat (every `job_monitoring_interval` while busy) also sets `lanes:alive:<name>` for
-    three beats, so the reconciler's sweep can retry a dead worker's job within seconds. Its
-    children die with it. On SIGTERM it finishes the running job, or after `shutdown_grace_s`
-    hands the job back to its queue (attempt counted), and exits.
+    three beats, so the reconciler's sweep can retry a dead worker's job within seconds. On SIGTERM
+    it finishes the running job, or after `shutdown_grace_s` hands the job back to its queue
+    (attempt counted), and exits.
     """
 
+    queue_class = LanesQueue
     mirror: JobMirror
     poll_s: int = 5
     shutdown_grace_s: float = 0.0
     _stop_asked_at: float | None = None
     _handing_back: str | None = None
-    _parent_pid = 0
+    _alive_renewed = -float("inf")  # time.monotonic() of the last renewal of the alive key
 
     @property
     def dequeue_timeout(self) -> int:
@@ -137,25 +162,18 @@ class LanesWorker(Worker):
         except RedisError as exc:
             log.warning("worker %s: suspension not checked, Redis does not answer (%s)", self.name, exc)
 
+    _idle_recorded = False  # `idle` is what Redis says now: RQ sets it twice between two jobs
+
     def set_state(self, state: Any, pipeline: Any = None) -> None:
+        idle = state == WorkerStatus.IDLE and pipeline is None
+        if idle and self._idle_recorded:
+            return
+        self._idle_recorded = False
         try:
             super().set_state(state, pipeline)
+            self._idle_recorded = idle
         except RedisError as exc:
             log.warning("worker %s: state %s not recorded, Redis does not answer (%s)", self.name, state, exc)
-
-    def monitor_work_horse(self, job: Job, queue: Queue, execution: Execution) -> None:
-        while True:
-            try:
-                super().monitor_work_horse(job, queue, execution)
-                return
-            except RedisError as exc:
-                log.warning("worker %s: Redis went away while job %s ran (%s)", self.name, job.id, exc)
-            self.wait_for_redis()
-            if self.horse_pid and _still_running(self.horse_pid):
-                continue  # the horse runs on: watch it again
-            self._horse_pid = 0
-            self._settle(job, queue, execution)
-            return
 
     def wait_for_redis(self) -> None:
         """Block until Redis answers, backing off from 0.5 s to 10 s; a stop request ends the wait."""
@@ -169,15 +187,6 @@ class LanesWorker(Worker):
                     raise StopRequested() from None
                 time.sleep(wait)
                 wait = min(10.0, wait * 2)
-
-    def _settle(self, job: Job, queue: Queue, execution: Execution) -> None:
-        """The horse ended while Redis was away: keep what it recorded, else retry or fail the job."""
-        status = job.get_status(refresh=True)
-        if status in (RQJobStatus.FINISHED, RQJobStatus.FAILED, RQJobStatus.STOPPED, RQJobStatus.CANCELED):
-            self.mirror.sync(job)
-            return
-        log.warning("job %s ended while Redis was away and its end was not recorded", job.id)
-        self.handle_job_failure(job, queue, exc_string=REDIS_LOST, execution=execution)
 
     def _skip_paused_queues(self) -> None:
         """Listen only on the queues no admin has paused (`lanes:paused`), read every poll.
@@ -205,7 +214,8 @@ class LanesWorker(Worker):
         if self._stop_requested:
             return
         if scheduler is not None and (scheduler._process is None or not scheduler._process.is_alive()):
-            scheduler.acquire_locks(auto_start=True)
+            with self.mirror.between_writes():  # it may fork RQ's scheduler process
+                scheduler.acquire_locks(auto_start=True)
 
     def _start_scheduler(
         self,
@@ -235,7 +245,8 @@ class LanesWorker(Worker):
                     self.scheduler.release_locks()
                     self.scheduler.register_death()
             else:
-                self.scheduler.start()
+                with self.mirror.between_writes():  # a fork
+                    self.scheduler.start()
 
     def unsubscribe(self) -> None:
         # RQ unsubscribes before stopping its pub/sub thread; when the thread reads the reply
@@ -249,9 +260,16 @@ class LanesWorker(Worker):
 
     # -- signs of life -------------------------------------------------------------------------
 
+    _beat_sent = -float("inf")  # time.monotonic() of the last heartbeat sent
+
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         # RQ sends a heartbeat's three commands one by one; here they and the alive key share one
-        # round trip (the pipeline of the caller, or one of our own).
+        # round trip (the pipeline of the caller, or one of our own). RQ also beats three times a
+        # job, milliseconds apart, to renew a registration that lives two minutes: a plain beat
+        # within a second of the last is left out.
+        if pipeline is None and timeout is None and time.monotonic() - self._beat_sent < BEAT_AT_MOST_S:
+            return
+        self._beat_sent = time.monotonic()
         try:
             if pipeline is not None:
                 super().heartbeat(timeout, pipeline)
@@ -264,11 +282,20 @@ class LanesWorker(Worker):
         except RedisError as exc:
             log.warning("worker %s: heartbeat lost, Redis does not answer (%s)", self.name, exc)
 
-    def _beat(self, pipeline: Any = None) -> None:
-        connection = pipeline if pipeline is not None else self.connection
+    def _beat(self, pipeline: Any) -> None:
+        # RQ beats several times a job; the key, which lives three beats, needs renewing once a beat.
+        if time.monotonic() - self._alive_renewed >= self.job_monitoring_interval:
+            pipeline.set(alive_key(self.name), os.getpid(), ex=self._alive_ttl_s)
+            self._alive_renewed = time.monotonic()
+
+    @property
+    def _alive_ttl_s(self) -> int:
         # Busy, it beats every job_monitoring_interval; idle, after every dequeue timeout.
-        beat_s = max(self.job_monitoring_interval, self.dequeue_timeout)
-        connection.set(alive_key(self.name), os.getpid(), ex=ALIVE_BEATS * beat_s)
+        return ALIVE_BEATS * max(self.job_monitoring_interval, self.dequeue_timeout)
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        super().bootstrap(*args, **kwargs)
+        self.mirror.warm_up()
 
     def register_birth(self) -> None:
         super().register_birth()
@@ -280,14 +307,6 @@ class LanesWorker(Worker):
         with contextlib.suppress(RedisError):
             self.connection.delete(alive_key(self.name))
         super().register_death()
-
-    def fork_work_horse(self, job: Job, queue: Queue) -> None:
-        self._parent_pid = os.getpid()
-        super().fork_work_horse(job, queue)
-
-    def setup_work_horse_signals(self) -> None:
-        super().setup_work_horse_signals()
-        die_with_parent(self._parent_pid)  # in the horse: an orphan must not run on beside the retry
 
     # -- shutting down ---------------------------------------------------------------------------
 
@@ -302,6 +321,229 @@ class LanesWorker(Worker):
         super().request_stop(signum, frame)  # raises StopRequested when idle
         if self.shutdown_grace_s and self.horse_pid:
             self.job_monitoring_interval = 1  # look at the grace every second from now on
+
+    #: Jobs taken (run, or found cancelled); `python -m worker --max-jobs` compares against it.
+    jobs_taken = 0
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        self.jobs_taken += 1
+        self._idle_recorded = False  # the job makes the worker busy in Redis (RQ's own pipeline)
+        if self._claim(job, queue):
+            super().execute_job(job, queue)
+
+    _claim_script: Any = None
+
+    def _claim(self, job: Job, queue: Queue) -> bool:
+        """Mark the job started unless it was cancelled; atomic against `backend.control.cancel_job`."""
+        if self._claim_script is None:
+            self._claim_script = self.connection.register_script(CLAIM_SCRIPT)
+        keys = [job.key, cancel_flag_key(job.id), alive_key(self.name)]
+        claimed = self._claim_script(keys=keys, args=[self.name, os.getpid(), self._alive_ttl_s])
+        self._alive_renewed = time.monotonic()
+        if claimed:
+            return True
+        log.info("job %s was cancelled before it started; not running it", job.id)
+        self.connection.lrem(queue.intermediate_queue_key, 1, job.id)  # single-queue workers park it there
+        return False
+
+    # -- running a job (in the work-horse, where there is one) ------------------------------------
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        super().prepare_job_execution(job, remove_from_intermediate_queue)
+        if _is_delivery(job):
+            return
+        if self._cancelled_since_claim(job):
+            self._stopped_job_id = job.id
+            raise JobCancelled(f"job {job.id} was cancelled before it started")
+        self._record_start(job)
+        set_progress_sink(self.mirror.progress_sink(job))
+
+    def _cancelled_since_claim(self, job: Job) -> bool:
+        # Cancelled after the claim but before RQ could route a stop command here: RQ routes it
+        # by the worker's current job in Redis, which the job's preparation has only just set.
+        return bool(self.connection.exists(cancel_flag_key(job.id)))
+
+    def _record_start(self, job: Job) -> None:
+        self.mirror.started(job, worker=self.name)
+
+    def handle_job_success(
+        self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry, execution: Execution
+    ) -> None:
+        attempt = attempt_of(job)
+        super().handle_job_success(job, queue, started_job_registry, execution)
+        if not _is_delivery(job):
+            self._record_success(job, attempt, job._result)
+
+    def _record_success(self, job: Job, attempt: int, result: Any) -> None:
+        self.mirror.succeeded(job, attempt=attempt, result=result)
+
+    # -- after a job (in the work-horse, or in the worker when the horse died) ---------------------
+
+    def handle_job_failure(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: Any = None,
+        exc_string: str = "",
+        execution: Execution | None = None,
+    ) -> None:
+        if self._handing_back == job.id:  # in the parent: the shutdown grace cut the job short
+            self._handing_back = None
+            if isinstance(job, LanesJob):
+                job.handed_back = True  # its retry, if it has one left, is enqueued at once
+            exc_string = (
+                f"{HANDED_BACK}: its worker was stopped and the job ran past the"
+                f" {self.shutdown_grace_s:g} s shutdown grace"
+            )
+        attempt = attempt_of(job)
+        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+        if not _is_delivery(job):
+            self.mirror.ended_badly(job, attempt=attempt, exc_string=exc_string)
+
+    def handle_job_retry(
+        self, job: Job, queue: Queue, retry: Any, started_job_registry: Any, execution: Any
+    ) -> None:
+        attempt = attempt_of(job)
+        super().handle_job_retry(job, queue, retry, started_job_registry, execution)
+        if not _is_delivery(job):
+            self.mirror.ended_badly(job, attempt=attempt, exc_string="the task asked to be retried")
+
+
+class LanesWorker(LanesBase, Worker):
+    """The default worker: each job runs in a work-horse forked for it, which dies with the worker.
+
+    A job that crashes its process, leaks memory or hangs in C code takes only its horse along;
+    the worker records the end and goes on.
+    """
+
+    _parent_pid = 0
+
+    # -- Redis going away (continued) --------------------------------------------------------------
+
+    def monitor_work_horse(self, job: Job, queue: Queue, execution: Execution) -> None:
+        try:
+            self._watch_horse(job, queue, execution)
+        finally:
+            self._read_report(job)
+
+    def _watch_horse(self, job: Job, queue: Queue, execution: Execution) -> None:
+        while True:
+            try:
+                super().monitor_work_horse(job, queue, execution)
+                return
+            except RedisError as exc:
+                log.warning("worker %s: Redis went away while job %s ran (%s)", self.name, job.id, exc)
+            self.wait_for_redis()
+            if self.horse_pid and _still_running(self.horse_pid):
+                continue  # the horse runs on: watch it again
+            self._horse_pid = 0
+            self._settle(job, queue, execution)
+            return
+
+    # -- the horse's report ------------------------------------------------------------------------
+    #
+    # A horse writes nothing to SQL on a job's way to success. The worker hands the row's `started`
+    # to its write-behind as it forks the horse; the horse reports the success (result, end) to the
+    # worker through a pipe, and the worker hands that to the write-behind too. The horse then
+    # never opens a database connection, and its SQL writes never wait on its worker's (SQLite has
+    # one writer at a time). Failures, rarer, the horse still writes itself.
+
+    _report_read = -1
+    _report_write = -1
+
+    def _open_report(self) -> None:
+        self._report_read, self._report_write = os.pipe()
+        os.set_blocking(self._report_read, False)  # a task's own children may hold the write end
+
+    def _record_success(self, job: Job, attempt: int, result: Any) -> None:
+        if self.is_horse and self._report_write >= 0:
+            ended_at = job.ended_at.isoformat() if job.ended_at else None
+            report = json.dumps({"id": job.id, "attempt": attempt, "result": result, "ended_at": ended_at})
+            data = report.encode()
+            if len(data) <= REPORT_MAX_BYTES:  # fits in an empty pipe: the write cannot block
+                try:
+                    os.write(self._report_write, data)
+                    return
+                except OSError:
+                    log.warning("job %s: success not reported to the worker; writing it here", job.id)
+        super()._record_success(job, attempt, result)
+
+    def _read_report(self, job: Job) -> None:
+        """After the horse: hand its reported success to the write-behind, or bring the row up to RQ."""
+        if self._report_read < 0:
+            return
+        chunks = []
+        try:
+            while chunk := os.read(self._report_read, 65536):
+                chunks.append(chunk)
+        except BlockingIOError:
+            pass  # a child of the task still holds the write end; what the horse wrote is here
+        finally:
+            os.close(self._report_read)
+            self._report_read = -1
+        if _is_delivery(job):
+            return
+        try:
+            report = json.loads(b"".join(chunks)) if chunks else None
+        except ValueError:
+            report = None
+        if report is not None and report.get("id") == job.id:
+            if report["ended_at"]:
+                job.ended_at = datetime.fromisoformat(report["ended_at"])
+            self.mirror.succeeded(job, attempt=int(report["attempt"]), result=report["result"])
+        else:
+            # No report: the job failed (the horse wrote that itself), was stopped, or the horse
+            # died after RQ recorded its end; the write-behind brings the row up to RQ's record.
+            self.mirror.sync(job)
+
+    def _settle(self, job: Job, queue: Queue, execution: Execution) -> None:
+        """The horse ended while Redis was away: keep what it recorded, else retry or fail the job."""
+        status = job.get_status(refresh=True)
+        if status in (RQJobStatus.FINISHED, RQJobStatus.FAILED, RQJobStatus.STOPPED, RQJobStatus.CANCELED):
+            self.mirror.sync(job)
+            return
+        log.warning("job %s ended while Redis was away and its end was not recorded", job.id)
+        self.handle_job_failure(job, queue, exc_string=REDIS_LOST, execution=execution)
+
+    def fork_work_horse(self, job: Job, queue: Queue) -> None:
+        self._parent_pid = os.getpid()
+        if not _is_delivery(job):
+            # The worker hands the row's `started` to its write-behind, which commits it while
+            # the horse runs: the horse itself writes nothing to SQL on a job's way to success
+            # but its end.
+            job.started_at = now()
+            self.mirror.started(job, worker=self.name)
+        self._open_report()
+        try:
+            with self.mirror.between_writes():
+                super().fork_work_horse(job, queue)
+        finally:  # in the worker: the horse has the write end
+            os.close(self._report_write)
+            self._report_write = -1
+
+    def setup_work_horse_signals(self) -> None:
+        super().setup_work_horse_signals()
+        die_with_parent(self._parent_pid)  # in the horse: an orphan must not run on beside the retry
+        self.mirror = self.mirror.direct()  # the worker's write-behind thread is not in the horse
+        os.close(self._report_read)
+        self._report_read = -1
+
+    def _record_start(self, job: Job) -> None:
+        pass  # the worker did, as it forked the horse
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        super().bootstrap(*args, **kwargs)
+        # Every object of the start-up (imports, the task registry, compiled statements) out of the
+        # collector's reach: a horse's collections then leave those pages shared with the worker
+        # instead of copying them.
+        gc.freeze()
+
+    def teardown(self) -> None:
+        if not self.is_horse:
+            self.mirror.close()  # every row up to date before the worker says it is gone
+        super().teardown()
+
+    # -- shutting down (continued) -------------------------------------------------------------------
 
     def maintain_heartbeats(self, job: Job, execution: Execution) -> None:
         super().maintain_heartbeats(job, execution)
@@ -341,78 +583,142 @@ class LanesWorker(Worker):
             return
         super()._handle_stopped_job(job, queue, execution)
 
-    #: Jobs taken (run, or found cancelled); `python -m worker --max-jobs` compares against it.
-    jobs_taken = 0
+
+class InterruptibleRun(UnixSignalDeathPenalty):
+    """RQ's timeout alarm around a job's run, which also says which job runs (a simple worker's).
+
+    Only while it is set may `LanesSimpleWorker` interrupt the run: never in RQ's bookkeeping
+    before or after it, nor in a mirror write.
+    """
+
+    running: str | None = None  # one job at a time runs in a simple worker's process
+    #: A stop for the job in hand that came before its run began: the run ends as it begins.
+    stop_before_start: str | None = None
+
+    def __init__(self, timeout: Any, exception: Any = JobTimeoutException, **kwargs: Any) -> None:
+        super().__init__(timeout, exception, **kwargs)
+        self._job_id = kwargs.get("job_id")
+
+    def setup_death_penalty(self) -> None:
+        job_id = self._job_id
+        if job_id:
+            # Say that it runs, then look for a stop; `LanesSimpleWorker._interrupt` does the
+            # same the other way round, so one of the two always sees the other.
+            InterruptibleRun.running = job_id
+            if InterruptibleRun.stop_before_start == job_id:
+                InterruptibleRun.running = InterruptibleRun.stop_before_start = None
+                raise JobInterrupted(f"job {job_id} was stopped before it ran")
+        super().setup_death_penalty()
+
+    def cancel_death_penalty(self) -> None:
+        InterruptibleRun.running = None
+        super().cancel_death_penalty()
+
+
+class LanesSimpleWorker(LanesBase, SimpleWorker):
+    """The fast worker: jobs run in the worker's own process, one after another, with no fork.
+
+    Its mirror writes go to a write-behind thread (`mirror.behind`), committed in batches; a beater
+    thread keeps its heartbeat while a job runs. A cancel or the shutdown grace stops a running job
+    by raising `JobInterrupted` in it. What it gives up for speed: a job that crashes the process
+    (a segfault, `os._exit`, the OOM killer) takes the worker along, and the job is retried once
+    the reconciler's sweep sees the worker dead; memory a job leaks stays with the worker (use
+    `--max-jobs`, or `--processes`, which starts a new process when one exits).
+    """
+
+    death_penalty_class = InterruptibleRun
+    _beater: threading.Thread | None = None
+    _beater_stop: threading.Event
+    _interrupt_for: str | None = None
+
+    _running: Job | None = None  # the job in hand, for the beater
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        self.jobs_taken += 1
-        try:  # an idle worker beats only once a poll; the job must not look abandoned
-            self._beat()
-        except RedisError as exc:
-            log.warning("worker %s: alive key not renewed, Redis does not answer (%s)", self.name, exc)
-        if self._claim(job, queue):
+        if self._beater is None:
+            sys.setswitchinterval(GIL_SWITCH_S)
+            self._beater_stop = threading.Event()
+            self._beater = threading.Thread(target=self._beat_while_running, name="lanes-beater", daemon=True)
+            self._beater.start()
+        self._running = job
+        try:
             super().execute_job(job, queue)
+        finally:
+            self._running = InterruptibleRun.stop_before_start = None
 
-    def _claim(self, job: Job, queue: Queue) -> bool:
-        """Mark the job started unless it was cancelled; atomic against `backend.control.cancel_job`."""
-        claim = self.connection.register_script(CLAIM_SCRIPT)
-        if claim(keys=[job.key, cancel_flag_key(job.id)], args=[self.name]):
-            return True
-        log.info("job %s was cancelled before it started; not running it", job.id)
-        self.connection.lrem(queue.intermediate_queue_key, 1, job.id)  # single-queue workers park it there
-        return False
+    def _install_signal_handlers(self) -> None:
+        super()._install_signal_handlers()
+        signal.signal(INTERRUPT_SIGNAL, self._interrupt_run)
 
-    # -- in the work-horse -----------------------------------------------------------------------
+    # -- interrupting the running job -----------------------------------------------------------
 
-    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
-        super().prepare_job_execution(job, remove_from_intermediate_queue)
-        if _is_delivery(job):
-            return
-        if self.connection.exists(cancel_flag_key(job.id)):
-            # Cancelled after the claim but before RQ could route a stop command to this horse.
-            self._stopped_job_id = job.id
-            raise JobCancelled(f"job {job.id} was cancelled before it started")
-        self.mirror.started(job, worker=self.name)
-        set_progress_sink(self.mirror.progress_sink(job))
+    def get_current_job_id(self) -> str | None:
+        # RQ routes a stop command by this. The job in hand is known here from its claim on, so a
+        # stop that comes before its run is kept for it (`_interrupt`), and the claim needs no
+        # second look at the cancel flag.
+        running = self._running
+        return running.id if running is not None else super().get_current_job_id()
 
-    def handle_job_success(
-        self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry, execution: Execution
-    ) -> None:
-        attempt = attempt_of(job)
-        super().handle_job_success(job, queue, started_job_registry, execution)
-        if not _is_delivery(job):
-            self.mirror.succeeded(job, attempt=attempt, result=job._result)
+    def _cancelled_since_claim(self, job: Job) -> bool:
+        return False  # a cancel since the claim reaches `_interrupt`, which ends the run as it begins
 
-    # -- in the work-horse, or in the parent when the horse died ------------------------------
+    def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        # RQ's stop-job command (a cancel), from its pub/sub thread: there is no horse to kill,
+        # so the job itself is interrupted.
+        job_id = self._stopped_job_id
+        if job_id is None or not self._interrupt(job_id):
+            log.info("no job of this worker to stop; the stop command is ignored")
+            self._stopped_job_id = None
 
-    def handle_job_failure(
-        self,
-        job: Job,
-        queue: Queue,
-        started_job_registry: Any = None,
-        exc_string: str = "",
-        execution: Execution | None = None,
-    ) -> None:
-        if self._handing_back == job.id:  # in the parent: the shutdown grace cut the job short
-            self._handing_back = None
-            if isinstance(job, LanesJob):
-                job.handed_back = True  # its retry, if it has one left, is enqueued at once
-            exc_string = (
-                f"{HANDED_BACK}: its worker was stopped and the job ran past the"
-                f" {self.shutdown_grace_s:g} s shutdown grace"
-            )
-        attempt = attempt_of(job)
-        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
-        if not _is_delivery(job):
-            self.mirror.ended_badly(job, attempt=attempt, exc_string=exc_string)
+    def _interrupt(self, job_id: str) -> bool:
+        """Raise `JobInterrupted` in job `job_id`'s run, now or as it begins; from any thread.
 
-    def handle_job_retry(
-        self, job: Job, queue: Queue, retry: Any, started_job_registry: Any, execution: Any
-    ) -> None:
-        attempt = attempt_of(job)
-        super().handle_job_retry(job, queue, retry, started_job_registry, execution)
-        if not _is_delivery(job):
-            self.mirror.ended_badly(job, attempt=attempt, exc_string="the task asked to be retried")
+        False if `job_id` is not the job in hand.
+        """
+        running = self._running
+        if running is None or running.id != job_id:
+            return False
+        self._interrupt_for = InterruptibleRun.stop_before_start = job_id
+        if InterruptibleRun.running == job_id:
+            signal.pthread_kill(threading.main_thread().ident or 0, INTERRUPT_SIGNAL)
+        return True
+
+    def _interrupt_run(self, signum: int, frame: Any) -> None:
+        job_id, self._interrupt_for = self._interrupt_for, None
+        if job_id is not None and job_id == InterruptibleRun.running:
+            reason = "handed back" if self._handing_back == job_id else "stopped"
+            raise JobInterrupted(f"job {job_id} was {reason} while it ran")
+
+    # -- signs of life while a job runs -----------------------------------------------------------
+
+    def _beat_while_running(self) -> None:
+        """Beat every `job_monitoring_interval` while a job runs, and apply the shutdown grace."""
+        last_beat = time.monotonic()
+        while not self._beater_stop.wait(BEAT_TICK_S):
+            job, execution = self._running, self.execution
+            if job is None or execution is None or InterruptibleRun.running != job.id:
+                last_beat = time.monotonic()
+                continue
+            if time.monotonic() - last_beat >= self.job_monitoring_interval:
+                last_beat = time.monotonic()
+                try:
+                    self.maintain_heartbeats(job, execution)
+                except RedisError as exc:
+                    log.warning("worker %s: heartbeat lost, Redis does not answer (%s)", self.name, exc)
+            asked = self._stop_asked_at
+            grace_over = asked is not None and time.monotonic() - asked >= self.shutdown_grace_s
+            if self.shutdown_grace_s and grace_over and not self._handing_back:
+                log.warning(
+                    "job %s still runs %.0f s after the stop request; handing it back to queue %s",
+                    job.id, time.monotonic() - (asked or 0.0), job.origin,
+                )  # fmt: skip
+                self._handing_back = job.id
+                self._interrupt(job.id)
+
+    def teardown(self) -> None:
+        if self._beater is not None:
+            self._beater_stop.set()
+        self.mirror.close()  # every row up to date before the worker says it is gone
+        super().teardown()
 
 
 def _still_running(pid: int) -> bool:

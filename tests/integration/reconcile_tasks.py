@@ -40,6 +40,15 @@ def kill_own_horse(params: NoParams) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+@task("tests.die_on_first_attempt", params=NoParams, timeout_s=60)
+def die_on_first_attempt(params: NoParams) -> dict[str, Any]:
+    """Take the process that runs it down by SIGKILL on the first attempt; later attempts return."""
+    attempt = current_attempt()
+    if attempt == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"attempt": attempt, "pid": os.getpid()}
+
+
 def leave_a_mark(job: Any, connection: Any, *args: Any) -> None:
     """Not a task: what a forged job hash names as its callback. It must never run."""
     connection.set("forged-callback-ran", job.id)
