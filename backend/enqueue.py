@@ -77,7 +77,9 @@ def enqueue_rows(
                 pipe.multi()
                 for row in rows:
                     waiting = [job_id for job_id in row.depends_on or () if job_id not in finished]
-                    queue = queues.setdefault(row.queue, queue_for(row.queue, redis))
+                    queue = queues.get(row.queue)
+                    if queue is None:  # one Queue per name: building one costs more than a job
+                        queue = queues[row.queue] = queue_for(row.queue, redis)
                     _put(queue, settings, row, pipe, waiting)
                 pipe.execute()
                 return

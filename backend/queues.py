@@ -192,10 +192,12 @@ def backoff_intervals(
 
     The jitter never lets a wait reach the next one's floor, so waits grow until the cap.
     """
-    rng = rng or random.Random()
+    # The module's generator by default: a new Random() per call seeded itself from os.urandom,
+    # a cost per submitted job (the module's own is seeded again in a forked child).
+    draw = rng.random if rng is not None else random.random
     waits = []
     for n in range(retries):
-        wait = min(cap_s, base_s * 2**n * (1 + RETRY_JITTER * rng.random()))
+        wait = min(cap_s, base_s * 2**n * (1 + RETRY_JITTER * draw()))
         waits.append(max(1, round(wait)))
     return waits
 

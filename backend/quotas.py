@@ -25,11 +25,11 @@ from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import bindparam, case, select, update
+from sqlalchemy import Date, String, bindparam, select, text, update
 from sqlalchemy.orm import Session
 
 from backend.config import Settings
-from backend.db import upsert
+from backend.db import UTCDateTime
 from backend.enums import Plan
 from backend.errors import QuotaExceeded
 from backend.models import TenantRow, UsageRow
@@ -182,7 +182,6 @@ def _take(session: Session, tenant_id: str, limits: Limits, jobs: int, now: date
         limit = limits.of(period)
         if limit is not None and jobs > limit:
             return period  # a new period's row would be inserted past its limit
-    statement = _take_statement(session)
     values = {
         "tenant_id": tenant_id,
         "day_start": Period.DAY.start(now),
@@ -192,7 +191,7 @@ def _take(session: Session, tenant_id: str, limits: Limits, jobs: int, now: date
         "day_limit": NO_LIMIT if limits.day is None else limits.day,
         "month_limit": NO_LIMIT if limits.month is None else limits.month,
     }
-    took = {Period(period) for period in session.scalars(statement, values)}
+    took = {Period(period) for period in session.scalars(_TAKE_STATEMENT, values)}
     if len(took) == len(Period):
         return None
     for period in took:
@@ -209,35 +208,27 @@ def _take(session: Session, tenant_id: str, limits: Limits, jobs: int, now: date
     return next(period for period in Period if period not in took)
 
 
-_TAKE_STATEMENTS: dict[str, Any] = {}
-
-
-def _take_statement(session: Session) -> Any:
-    """The day's and the month's upsert, with bound parameters: built once per dialect, compiled once."""
-    dialect = session.get_bind().dialect.name
-    if dialect not in _TAKE_STATEMENTS:
-        row: dict[str, Any] = {
-            "tenant_id": bindparam("tenant_id"),
-            "used": bindparam("jobs"),
-            "updated_at": bindparam("now"),
-        }
-        # The Core table, not the ORM entity: the ORM would read the parameters as rows to insert.
-        insert = upsert(session, UsageRow.__table__).values(
-            [
-                {**row, "period": Period.DAY.value, "starts_on": bindparam("day_start")},
-                {**row, "period": Period.MONTH.value, "starts_on": bindparam("month_start")},
-            ]
-        )
-        limit = case(
-            (insert.excluded.period == Period.DAY.value, bindparam("day_limit")),
-            else_=bindparam("month_limit"),
-        )
-        _TAKE_STATEMENTS[dialect] = insert.on_conflict_do_update(
-            index_elements=["tenant_id", "period", "starts_on"],
-            set_={"used": UsageRow.used + insert.excluded.used, "updated_at": insert.excluded.updated_at},
-            where=UsageRow.used + insert.excluded.used <= limit,
-        ).returning(UsageRow.period)
-    return _TAKE_STATEMENTS[dialect]
+#: The day's and the month's upsert in one statement, the same SQL on SQLite and PostgreSQL. Written
+#: as text because SQLAlchemy does not cache a multi-row INSERT expression: built as one, it was
+#: compiled again at every submit (about a tenth of an in-process submit's time).
+_TAKE_STATEMENT = (
+    text(
+        "INSERT INTO tenant_usage (tenant_id, period, starts_on, used, updated_at) VALUES"
+        f" (:tenant_id, '{Period.DAY.value}', :day_start, :jobs, :now),"
+        f" (:tenant_id, '{Period.MONTH.value}', :month_start, :jobs, :now)"
+        " ON CONFLICT (tenant_id, period, starts_on) DO UPDATE"
+        " SET used = tenant_usage.used + excluded.used, updated_at = excluded.updated_at"
+        " WHERE tenant_usage.used + excluded.used"
+        f" <= CASE WHEN excluded.period = '{Period.DAY.value}' THEN :day_limit ELSE :month_limit END"
+        " RETURNING period"
+    )
+    .bindparams(
+        bindparam("day_start", type_=Date()),
+        bindparam("month_start", type_=Date()),
+        bindparam("now", type_=UTCDateTime()),
+    )
+    .columns(period=String)
+)
 
 
 def _exceeded(

@@ -15,6 +15,7 @@ import re
 import secrets
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -34,6 +35,9 @@ KEY_PATTERN = re.compile(rf"^{KEY_PREFIX}_([0-9a-f]{{{PREFIX_HEX_DIGITS}}})_([A-
 TENANT_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 #: Compared against when no key has the prefix, so an unknown key costs what a wrong one does.
 _NO_KEY_DIGEST = hashlib.sha256(b"no such key").hexdigest()
+#: A key's `last_used_at` is written again only once it is this old: stamping it at every call was a
+#: write transaction per request, which on SQLite also serialised the API's requests.
+LAST_USED_RESOLUTION_S = 60
 
 
 class Unchanged:
@@ -156,16 +160,31 @@ def revoke_key(*, session: Session, prefix: str) -> ApiKeyRow:
 def verify_key(*, session: Session, key: str) -> ApiKeyRow | None:
     """The live key that `key` is, or None (malformed, unknown, wrong secret or revoked alike).
 
-    A key that passes gets its `last_used_at` stamped.
+    A key that passes gets its `last_used_at` stamped, to within `LAST_USED_RESOLUTION_S`.
     """
+    found = verify_key_and_tenant(session=session, key=key)
+    return found[0] if found is not None else None
+
+
+def verify_key_and_tenant(*, session: Session, key: str) -> tuple[ApiKeyRow, TenantRow | None] | None:
+    """`verify_key`, with the key's tenant read in the same query (None if the tenant is gone)."""
     match = KEY_PATTERN.fullmatch(key)
-    row = session.scalar(select(ApiKeyRow).where(ApiKeyRow.prefix == match.group(1))) if match else None
+    found = None
+    if match:
+        found = session.execute(
+            select(ApiKeyRow, TenantRow)
+            .outerjoin(TenantRow, TenantRow.id == ApiKeyRow.tenant_id)
+            .where(ApiKeyRow.prefix == match.group(1))
+        ).first()
+    row, tenant = found if found is not None else (None, None)
     expected = row.secret_hash if row is not None else _NO_KEY_DIGEST
     if not hmac.compare_digest(digest(key), expected) or row is None or row.revoked_at is not None:
         return None
-    session.execute(update(ApiKeyRow).where(ApiKeyRow.id == row.id).values(last_used_at=utcnow()))
-    session.commit()
-    return row
+    now = utcnow()
+    if row.last_used_at is None or now - row.last_used_at >= timedelta(seconds=LAST_USED_RESOLUTION_S):
+        session.execute(update(ApiKeyRow).where(ApiKeyRow.id == row.id).values(last_used_at=now))
+        session.commit()
+    return row, tenant
 
 
 def scope_for(*, session: Session, own: str, admin: bool, asked: str | None) -> str | None:

@@ -7,8 +7,12 @@ process. Each request validates the params, commits a SQL row, and enqueues a JS
 Bare RQ: `Queue.enqueue(bench.trivial.noop, kwargs=...)` one by one in this process, JSON
 serializer, same Redis.
 
-A third row runs Lanes' domain `submit_job()` one by one in this process, without HTTP, against the
-same bare figure: the gap between rows one and three is what HTTP, uvicorn and FastAPI cost.
+A second row runs Lanes' domain `submit_job()` one by one in this process, without HTTP, against the
+same bare figure: the gap between rows one and two is what HTTP, uvicorn and FastAPI cost.
+
+The batch row: `POST /api/v1/jobs/batch` with `batch_size` jobs a request, from the same concurrent
+clients, against bare `Queue.enqueue_many` of `Queue.prepare_data` in batches of the same size
+(one pipeline a batch), JSON serializer, same Redis.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from rq.serializers import JSONSerializer
 from backend.devredis import free_port
 from bench.env import BenchEnv, BenchError, Child, wait_for
 from bench.lanes import PARAMS, TASK, LanesClient
-from bench.report import Comparison
+from bench.report import Comparison, Floor
 from bench.trivial import noop
 
 API_START_TIMEOUT_S = 30.0
@@ -41,6 +45,8 @@ class SubmitOptions:
     inprocess_jobs: int  # jobs per timed in-process round (Lanes domain and bare RQ)
     concurrency: int
     warmup_jobs: int
+    batch_jobs: int  # jobs per timed batch round (each side)
+    batch_size: int  # jobs per batch request, and per bare enqueue_many
 
 
 def run(env: BenchEnv, options: SubmitOptions) -> list[Comparison]:
@@ -48,8 +54,20 @@ def run(env: BenchEnv, options: SubmitOptions) -> list[Comparison]:
         "submit via API",
         "jobs/s",
         notes={"jobs_per_round": options.http_jobs, "concurrency": options.concurrency, "task": TASK},
+        floor=Floor.ratio(0.5),  # issue 11: at least half of bare Queue.enqueue
     )
     domain = Comparison("submit_job() in-process", "jobs/s", notes={"jobs_per_round": options.inprocess_jobs})
+    batch = Comparison(
+        "submit batch via API",
+        "jobs/s",
+        notes={
+            "jobs_per_round": options.batch_jobs,
+            "batch_size": options.batch_size,
+            "concurrency": options.concurrency,
+            "task": TASK,
+        },
+        floor=Floor.ratio(0.5),  # issue 11: at least half of bare Queue.enqueue_many
+    )
     redis = env.redis()
     bare_queue = Queue(BARE_QUEUE, connection=redis, serializer=JSONSerializer)
     api, base_url = start_api(env)
@@ -58,8 +76,10 @@ def run(env: BenchEnv, options: SubmitOptions) -> list[Comparison]:
     with LanesClient(redis_url=env.redis_url, database_url=env.database_url) as lanes:
         # Warm every path once: imports, connection pools, SQLite pages, FastAPI's caches.
         post_many(base_url, options.warmup_jobs, options.concurrency, headers)
+        post_batches(base_url, options.warmup_jobs, options.batch_size, options.concurrency, headers)
         lanes.submit(options.warmup_jobs)
         enqueue_bare(bare_queue, options.warmup_jobs)
+        enqueue_many_bare(bare_queue, options.warmup_jobs, options.batch_size)
 
         for _ in range(options.rounds):
             env.flush_redis()
@@ -71,10 +91,19 @@ def run(env: BenchEnv, options: SubmitOptions) -> list[Comparison]:
             )
             http.bare.append(bare_rate)
             domain.bare.append(bare_rate)
+            env.flush_redis()
+            elapsed = post_batches(
+                base_url, options.batch_jobs, options.batch_size, options.concurrency, headers
+            )
+            batch.lanes.append(options.batch_jobs / elapsed)
+            batch.bare.append(
+                options.batch_jobs
+                / timed(lambda: enqueue_many_bare(bare_queue, options.batch_jobs, options.batch_size))
+            )
             if not api.alive():
                 raise BenchError(f"the API process exited during the benchmark:\n{api.log_tail()}")
     api.stop()
-    return [http, domain]
+    return [http, domain, batch]
 
 
 # -- Lanes over HTTP ---------------------------------------------------------------------------
@@ -140,12 +169,55 @@ async def _post_many(base_url: str, count: int, concurrency: int, headers: dict[
     return elapsed
 
 
+def post_batches(
+    base_url: str, count: int, batch_size: int, concurrency: int, headers: dict[str, str]
+) -> float:
+    """POST `count` jobs in batches of `batch_size` (the last may be smaller) with `concurrency`
+    requests in flight; seconds taken. Raises on any non-202 or a short answer."""
+    sizes = [min(batch_size, count - start) for start in range(0, count, batch_size)]
+    return asyncio.run(_post_batches(base_url, sizes, concurrency, headers))
+
+
+async def _post_batches(base_url: str, sizes: list[int], concurrency: int, headers: dict[str, str]) -> float:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    bodies = {size: {"jobs": [{"task": TASK, "params": PARAMS}] * size} for size in set(sizes)}
+    pending = list(reversed(sizes))
+    failures: list[str] = []
+
+    async with httpx.AsyncClient(
+        base_url=base_url, limits=limits, timeout=REQUEST_TIMEOUT_S, headers=headers
+    ) as client:
+
+        async def one_client() -> None:
+            while pending and not failures:
+                size = pending.pop()
+                response = await client.post("/api/v1/jobs/batch", json=bodies[size])
+                if response.status_code != 202:
+                    failures.append(f"{response.status_code} {response.text[:300]}")
+                elif (accepted := len(response.json()["jobs"])) != size:
+                    failures.append(f"{size} jobs sent, {accepted} accepted")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    if failures:
+        raise BenchError(f"POST /api/v1/jobs/batch failed: {failures[0]}")
+    return elapsed
+
+
 # -- bare RQ -------------------------------------------------------------------------------------
 
 
 def enqueue_bare(queue: Queue, count: int) -> None:
     for _ in range(count):
         queue.enqueue(noop, kwargs=PARAMS)
+
+
+def enqueue_many_bare(queue: Queue, count: int, batch_size: int) -> None:
+    """`count` jobs through `Queue.enqueue_many`, `batch_size` at a time (one pipeline each)."""
+    for start in range(0, count, batch_size):
+        size = min(batch_size, count - start)
+        queue.enqueue_many([Queue.prepare_data(noop, kwargs=PARAMS) for _ in range(size)])
 
 
 def timed(action: Callable[[], object]) -> float:

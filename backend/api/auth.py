@@ -12,7 +12,7 @@ the 401 would).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -36,6 +36,9 @@ class Caller:
     role: Role
     key_prefix: str
     platform_admin: bool
+    #: The tenant's row as the request's session loaded it. Held so that the domain reading it again
+    #: in that session (a submit's quota) finds it there: the session keeps only weak references.
+    tenant: TenantRow | None = field(default=None, repr=False, compare=False)
 
     @property
     def scope(self) -> str | None:
@@ -60,8 +63,7 @@ def get_caller(
     request: Request, session: SessionDep, settings: SettingsDep, rate_limits: RateLimitsDep
 ) -> Caller:
     key = presented_key(request)
-    row = tenants.verify_key(session=session, key=key) if key else None
-    tenant = session.get(TenantRow, row.tenant_id) if row is not None else None
+    row, tenant = (tenants.verify_key_and_tenant(session=session, key=key) if key else None) or (None, None)
     if row is None or tenant is None:
         address = rate_limits.client_address(request)
         rate_limits.admit(request, who=f"address:{address}", name=LimitName.DEFAULT)
@@ -74,13 +76,14 @@ def get_caller(
         role=role,
         key_prefix=row.prefix,
         platform_admin=tenant.name == settings.operator_tenant and role == Role.ADMIN,
+        tenant=tenant,
     )
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
-def get_platform_admin(caller: CallerDep) -> Caller:
+async def get_platform_admin(caller: CallerDep) -> Caller:
     """The caller, if it is a platform admin; `Forbidden` for every other key."""
     if not caller.platform_admin:
         raise Forbidden("only a platform admin (an admin key of the operator's tenant) may do this")

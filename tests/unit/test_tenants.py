@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from backend import tenants
+from backend.db import utcnow
 from backend.enums import Plan, Role
 from backend.errors import Conflict, InvalidInput
 from backend.models import ApiKeyRow
@@ -38,6 +40,27 @@ def test_a_live_key_is_recognised_and_its_last_use_recorded(session: Session) ->
     assert found is not None and found.tenant_id == tenant.id and found.role == "member"
     session.refresh(found)
     assert found.last_used_at is not None
+
+
+def test_a_keys_last_use_is_written_again_only_once_it_is_a_minute_old(session: Session) -> None:
+    tenant = tenants.create_tenant(session=session, name="acme")
+    made = tenants.create_key(session=session, tenant=tenant)
+    tenants.verify_key(session=session, key=made.secret)
+    session.expire_all()
+    first = session.scalars(select(ApiKeyRow)).one().last_used_at
+
+    again = tenants.verify_key_and_tenant(session=session, key=made.secret)
+
+    assert again is not None and again[1] is not None and again[1].id == tenant.id
+    session.expire_all()
+    assert session.scalars(select(ApiKeyRow)).one().last_used_at == first  # no write per call
+    old = utcnow() - timedelta(seconds=tenants.LAST_USED_RESOLUTION_S)
+    session.execute(update(ApiKeyRow).values(last_used_at=old))
+    session.commit()
+    tenants.verify_key(session=session, key=made.secret)
+    session.expire_all()
+    stamped = session.scalars(select(ApiKeyRow)).one().last_used_at
+    assert stamped is not None and stamped > old
 
 
 def test_malformed_unknown_wrong_and_revoked_keys_are_all_refused_alike(session: Session) -> None:
