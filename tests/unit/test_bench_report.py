@@ -21,7 +21,9 @@ def rows() -> list[Comparison]:
     return [
         Comparison("submit via API", "jobs/s", lanes=[500, 600, 700], bare=[1000], floor=Floor.ratio(0.5)),
         Comparison("submit batch via API", "jobs/s", lanes=[1000], bare=[4000], floor=Floor.ratio(0.5)),
-        Comparison("enqueue to start, idle simple worker, p50", "ms", lanes=[3.5], bare=[2.0], better="lower"),
+        Comparison(
+            "enqueue to start, idle simple worker, p50", "ms", lanes=[3.5], bare=[2.0], better="lower"
+        ),
         Comparison("all 1000 on the queue after due", "ms", lanes=[2500], bare=[900], better="lower"),
         Comparison("sqlite 10,000 rows: GET /jobs p95", "ms", lanes=[12.0], better="lower"),
         Comparison("Redis commands per submit", "commands", lanes=[9], bare=[6], better="lower"),
