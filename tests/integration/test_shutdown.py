@@ -16,6 +16,7 @@ from rq.job import JobStatus as RQStatus
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from backend.metrics import COUNTERS_KEY
 from backend.queues import MIRROR_PENDING_KEY, queue_for
 from tests.helpers import WorkerFactory, wait_for
 from tests.integration.support import (
@@ -124,6 +125,12 @@ def test_sigterm_while_the_worker_replays_a_mirror_write_still_stops_it(
     worker = workers.start(worker_poll_s=1)  # replays pending mirror writes every second
     job_id = submit(live_api, "demo.echo", {"n": 1})["id"]
     wait_for_status(live_api, job_id, "succeeded")
+    # The worker sends its job's metrics within a second, on a pooled Redis connection that may be
+    # the one the replay's XREVRANGE used, hiding it from the look below: let them go first.
+    wait_for(
+        lambda: redis.hget(COUNTERS_KEY, "lanes_jobs_succeeded|task=demo.echo"),
+        message="the job's metrics to be sent",
+    )
 
     with sql_writes_blocked(database_url) as writer_waits:
         redis.sadd(MIRROR_PENDING_KEY, job_id)  # as if its last mirror write had failed
