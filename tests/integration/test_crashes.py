@@ -116,10 +116,12 @@ def test_a_killed_horse_is_retried_at_once_and_a_job_that_always_kills_it_fails_
     assert wait_for_status(api, submit(api, "demo.echo")["id"], "succeeded", timeout_s=10)
 
 
+@pytest.mark.parametrize("mode", ["fork", "simple"])
 def test_sigterm_hands_back_a_job_that_outlives_the_shutdown_grace(
-    api_factory: Callable[..., TestClient], workers: WorkerFactory, redis: Redis
+    api_factory: Callable[..., TestClient], workers: WorkerFactory, redis: Redis, mode: str
 ) -> None:
     api = api_factory(retry_base_s=600, **TASKS)  # a retry's wait must not delay a job handed back
+    workers.settings["worker_mode"] = mode  # the simple worker interrupts the job in place
     worker = workers.start(worker_shutdown_grace_s=2, **TASKS)
     job_id = submit(api, "tests.sleep_on_first_attempt", {"seconds": 300}, max_retries=1)["id"]
     wait_for_status(api, job_id, "started")

@@ -90,26 +90,6 @@ def test_a_simple_worker_ends_a_job_at_its_timeout_and_takes_the_next(
     assert wait_for_status(api, submit(api, "demo.echo", {})["id"], "succeeded")
 
 
-def test_sigterm_to_a_simple_worker_hands_back_a_job_that_outlives_the_shutdown_grace(
-    api_factory: Callable[..., TestClient], workers: WorkerFactory, redis: Redis
-) -> None:
-    api = api_factory(retry_base_s=600, task_modules=reconcile_tasks.MODULE)
-    worker = workers.start(worker_shutdown_grace_s=2, **SIMPLE)
-    job_id = submit(api, "tests.sleep_on_first_attempt", {"seconds": 300}, max_retries=1)["id"]
-    wait_for_status(api, job_id, "started")
-
-    worker.signal(signal.SIGTERM)
-
-    assert worker.wait(timeout_s=20) == 0
-    handed = row(api, job_id)
-    assert (handed["status"], handed["attempts"]) == ("retrying", 1)
-    assert handed["error"].startswith("handed back: its worker was stopped")
-    assert rq_job(redis, job_id).get_status() == RQStatus.QUEUED
-    workers.start(**SIMPLE)
-    final = wait_for_status(api, job_id, "succeeded", timeout_s=30)
-    assert (final["attempts"], final["result"]) == (2, {"attempt": 2})
-
-
 def test_a_pool_runs_jobs_side_by_side_and_sigterm_lets_each_process_finish_its_job(
     api_factory: Callable[..., TestClient], workers: WorkerFactory, redis: Redis
 ) -> None:
