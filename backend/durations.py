@@ -12,12 +12,12 @@ import itertools
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import literal, select, union_all
 from sqlalchemy.orm import Session
 
 from backend.enums import JobStatus
@@ -64,6 +64,46 @@ class DurationStats:
         query = _succeeded().where(JobRow.task == task).order_by(JobRow.created_at.desc())
         return self._cached(session, "task", task, lambda: self._mean(session, query))
 
+    def task_means(self, session: Session, tasks: Iterable[str]) -> dict[str, Mean]:
+        """`task_mean` of each of `tasks`; those not in the cache are read in one statement (a
+        `UNION ALL` of each task's newest `sample_size`, each on the index), not one each."""
+        return self._many(session, "task", tasks, JobRow.task, JobRow.created_at)
+
+    def queue_means(self, session: Session, queues: Iterable[str]) -> dict[str, Mean]:
+        """`queue_mean` of each of `queues`, the ones not in the cache read in one statement."""
+        return self._many(session, "queue", queues, JobRow.queue, JobRow.finished_at)
+
+    def _many(
+        self, session: Session, kind: str, names: Iterable[str], column: Any, newest: Any
+    ) -> dict[str, Mean]:
+        found: dict[str, Mean] = {}
+        missing: list[str] = []
+        for name in sorted(set(names)):
+            hit = self._hit(session, kind, name)
+            if hit is None:
+                missing.append(name)
+            else:
+                found[name] = hit
+        if not missing:
+            return found
+        parts = [
+            _succeeded()
+            .add_columns(literal(name).label("name"))
+            .where(column == name)
+            .order_by(newest.desc())
+            .limit(self.sample_size)
+            .subquery()
+            for name in missing
+        ]
+        spans: dict[str, list[float]] = {name: [] for name in missing}
+        statement = union_all(*[select(part.c.name, part.c.started_at, part.c.finished_at) for part in parts])
+        for name, started, finished in session.execute(statement):
+            spans[name].append((finished - started).total_seconds())
+        for name, values in spans.items():
+            mean = Mean(max(0.0, sum(values) / len(values)) if values else None, len(values))
+            found[name] = self._keep(session, kind, name, mean)
+        return found
+
     def queue_mean(self, session: Session, queue: str) -> Mean:
         """The queue's last `sample_size` succeeded rows, newest finished first."""
         query = _succeeded().where(JobRow.queue == queue).order_by(JobRow.finished_at.desc())
@@ -90,19 +130,22 @@ class DurationStats:
         return Mean(max(0.0, sum(spans) / len(spans)) if spans else None, len(spans))
 
     def _cached(self, session: Session, kind: str, name: str, compute: Callable[[], Mean]) -> Mean:
-        key = (str(session.get_bind().engine.url), kind, name)
-        now = self.clock()
+        hit = self._hit(session, kind, name)
+        return hit if hit is not None else self._keep(session, kind, name, compute())
+
+    def _hit(self, session: Session, kind: str, name: str) -> Mean | None:
+        """The cached average, if it is younger than `ttl_s`."""
         with self._lock:
-            hit = self._cache.get(key)
-        if hit is not None and now - hit[0] < self.ttl_s:
-            return hit[1]
-        mean = compute()
+            hit = self._cache.get((str(session.get_bind().engine.url), kind, name))
+        return hit[1] if hit is not None and self.clock() - hit[0] < self.ttl_s else None
+
+    def _keep(self, session: Session, kind: str, name: str, mean: Mean) -> Mean:
         if not mean.samples:  # no history yet: ask again next time rather than for `ttl_s`
             return mean
         with self._lock:
             if len(self._cache) >= STATS_MAX_ENTRIES:
                 self._cache.clear()
-            self._cache[key] = (now, mean)
+            self._cache[(str(session.get_bind().engine.url), kind, name)] = (self.clock(), mean)
         return mean
 
 

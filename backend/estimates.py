@@ -130,6 +130,10 @@ def estimates_for_many(
         log.warning("no estimates: Redis error %s", exc)
         return {}
     planner = _Planner(session=session, stats=stats, workload=workload)
+    # The averages this call needs, read together: the waiting jobs' tasks, and the queues.
+    in_queues = [job for job, index in zip(jobs, workload.indexes, strict=True) if index is not None]
+    if in_queues:
+        planner.learn({job.task for job in in_queues}, [q.value for q in QUEUE_ORDER])
 
     waiting: dict[str, list[tuple[JobRef, int]]] = {}
     for job, index in zip(jobs, workload.indexes, strict=True):
@@ -181,6 +185,15 @@ class _Planner:
         self.workload = workload
         self._running: dict[str, _Running] | None = None
         self._means: dict[tuple[str, str], Mean] = {}  # this call's, even those `stats` does not keep
+
+    def learn(self, tasks: Iterable[str], queues: Iterable[str]) -> None:
+        """Read the averages of `tasks` and of `queues` (`DurationStats.task_means`,
+        `queue_means`) for this call, a statement each rather than one a task or queue."""
+        for kind, means in (
+            ("task", self.stats.task_means(self.session, tasks)),
+            ("queue", self.stats.queue_means(self.session, queues)),
+        ):
+            self._means.update({(kind, name): mean for name, mean in means.items()})
 
     def _memo(self, key: tuple[str, str], fetch: Callable[[], Mean]) -> Mean:
         """An average asked for once per call (`stats` keeps no empty ones between calls)."""
@@ -307,7 +320,16 @@ def start_offsets(
     out: dict[int, float] = {}
     for n in sorted(set(targets)):
         while done < min(n, SIMULATE_MAX_JOBS):
-            heapq.heapreplace(heap, heap[0] + _duration_of(runs, done))
+            duration, left_in_run = _run_at(runs, done)
+            rounds = min(left_in_run, min(n, SIMULATE_MAX_JOBS) - done) // len(heap)
+            if rounds and max(heap) - heap[0] <= duration:
+                # Every worker is free within one job of the first: the next len(heap) jobs go one
+                # to each, and after them that is still so. Whole rounds at once, same result.
+                heap = [t + rounds * duration for t in heap]
+                heapq.heapify(heap)
+                done += rounds * len(heap)
+                continue
+            heapq.heapreplace(heap, heap[0] + duration)
             done += 1
         if done == n:
             out[n] = heap[0]
@@ -317,6 +339,15 @@ def start_offsets(
         staggered = level - last * (len(heap) - 1) / (2 * len(heap))
         out[n] = max(heap[0], staggered) if math.isfinite(staggered) else math.inf
     return out
+
+
+def _run_at(runs: Sequence[tuple[int, float]], k: int) -> tuple[float, int]:
+    """The duration of job k ahead, and how many jobs of its run are left from it on."""
+    for count, mean_s in runs:
+        if k < count:
+            return mean_s, count - k
+        k -= count
+    raise IndexError("fewer jobs ahead than asked for")
 
 
 def _duration_of(runs: Sequence[tuple[int, float]], k: int) -> float:

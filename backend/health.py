@@ -22,6 +22,9 @@ from backend.queues import MIRROR_PENDING_KEY
 
 #: The scheduler daemon's registration keys (rq-scheduler's; they expire when heartbeats stop).
 SCHEDULER_KEYS = f"{Scheduler.redis_scheduler_namespace_prefix}*"
+#: Lanes' set of those keys, added to at every scheduler heartbeat: health reads the few keys it
+#: names instead of scanning a keyspace that holds a hash per job.
+SCHEDULERS_KEY = "lanes:schedulers"
 
 
 @dataclass
@@ -72,9 +75,16 @@ def live_worker_count(redis: Redis) -> int:
         return sum(1 for alive in pipe.execute() if alive)
 
 
-def scheduler_health(redis: Redis) -> SchedulerHealth:
-    """Schedulers whose registration is alive (not expired, no `death`), newest times first."""
-    keys = list(redis.scan_iter(match=SCHEDULER_KEYS, count=500))
+def scheduler_health(redis: Redis, *, scan: bool = False) -> SchedulerHealth:
+    """Schedulers whose registration is alive (not expired, no `death`), newest times first.
+
+    The registrations are those `SCHEDULERS_KEY` names; one that has expired leaves the set. With
+    `scan`, an empty set (no scheduler has beaten since it was made, or only older versions run)
+    sends it looking for the keys with a SCAN, which costs a round trip per 1,000 keys in Redis.
+    """
+    keys = list(redis.smembers(SCHEDULERS_KEY))
+    if not keys and scan:
+        keys = list(redis.scan_iter(match=SCHEDULER_KEYS, count=1000))
     health = SchedulerHealth()
     if not keys:
         return health
@@ -82,6 +92,9 @@ def scheduler_health(redis: Redis) -> SchedulerHealth:
         for key in keys:
             pipe.hgetall(key)
         found: list[dict[bytes, bytes]] = pipe.execute()
+    gone = [key for key, fields in zip(keys, found, strict=True) if not fields]
+    if gone:
+        redis.srem(SCHEDULERS_KEY, *gone)
     for fields in found:
         if not fields or b"death" in fields:
             continue
@@ -148,6 +161,10 @@ def check_health(
                 select(func.count()).select_from(ScheduleRow).where(ScheduleRow.enabled.is_(True))
             )
             if enabled:
+                # Only here does a scheduler missing from the set matter: look for one by its key.
+                with contextlib.suppress(RedisError):
+                    health.scheduler = scheduler_health(redis, scan=True)
+            if enabled and health.scheduler.running == 0:
                 health.reasons.append(f"no scheduler running: {enabled} enabled schedule(s) will not fire")
         oldest = session.scalar(
             select(func.min(JobRow.enqueued_at)).where(JobRow.status == JobStatus.QUEUED.value)

@@ -20,11 +20,11 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backend import dependencies, idempotency, metrics, pages, quotas
+from backend import counts, dependencies, idempotency, metrics, pages, quotas
 from backend.config import Settings
 from backend.db import utcnow
 from backend.enqueue import enqueue_row as enqueue_row  # re-exported: requeue and the reconciler use it
@@ -293,14 +293,12 @@ def list_jobs(
 
 
 def job_stats(*, session: Session, tenant_id: str | None = None) -> dict[str, Any]:
-    """Counts by status, overall and per queue, every status present (zeros included)."""
-    query = select(JobRow.queue, JobRow.status, func.count()).group_by(JobRow.queue, JobRow.status)
-    if tenant_id is not None:
-        query = query.where(JobRow.tenant_id == tenant_id)
-    counts = session.execute(query).all()
+    """Counts by status, overall and per queue, every status present (zeros included).
+
+    Read from the counts the database keeps (`backend.counts`), never by counting rows."""
     queues: dict[str, dict[str, Any]] = {q.value: _empty_stats() for q in QUEUE_ORDER}
     overall = _empty_stats()
-    for queue, status, count in counts:
+    for queue, status, count in counts.counts(session, tenant_id=tenant_id):
         bucket = queues.setdefault(queue, _empty_stats())
         for stats in (bucket, overall):
             stats["by_status"][status] = stats["by_status"].get(status, 0) + count

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Date, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import JSON, BigInteger, Boolean, Date, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from backend.db import UTCDateTime, utcnow
@@ -58,16 +58,53 @@ class JobRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     __table_args__ = (
-        Index("ix_jobs_tenant_status_created", "tenant_id", "status", "created_at"),
+        Index("ix_jobs_tenant_status_created", "tenant_id", "status", "created_at", "id"),
         Index("ix_jobs_status_priority_created", "status", "priority", "created_at"),
         Index("ix_jobs_created_id", "created_at", "id"),
-        Index("ix_jobs_task_created", "task", "created_at"),
+        Index("ix_jobs_task_created", "task", "created_at", "id"),
         Index(
             "ux_jobs_tenant_idempotency_key", text("coalesce(tenant_id, '')"), "idempotency_key", unique=True
         ),
         Index("ix_jobs_status_finished", "status", "finished_at"),
         Index("ix_jobs_schedule_created", "schedule_id", "created_at", "id"),
+        # Each list filter, and a task's or a tenant's with a status, walks an index of its own
+        # newest first, however rare its rows; so does a task's moving average (migration 0009).
+        Index("ix_jobs_status_created", "status", "created_at", "id"),
+        Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_jobs_task_status_created", "task", "status", "created_at", "id"),
+        # The oldest queued job (health, metrics) is the first entry of its status.
+        Index("ix_jobs_status_enqueued", "status", "enqueued_at"),
     )
+
+
+class JobCountRow(Base):
+    """How many jobs a tenant has in one queue and status, up to the last fold (`backend.counts`).
+
+    Kept by the database, never written by hand: triggers on `jobs` append every change to
+    `job_count_changes`, and a fold adds them in here.
+    """
+
+    __tablename__ = "job_counts"
+
+    #: The tenant's id, or "" for jobs without a tenant.
+    tenant_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    queue: Mapped[str] = mapped_column(String(32), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    jobs: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class JobCountChangeRow(Base):
+    """One change to a count, appended by a trigger on `jobs`: +1 where a row now is, -1 where it was."""
+
+    __tablename__ = "job_count_changes"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    tenant_key: Mapped[str] = mapped_column(String(64))
+    queue: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    change: Mapped[int] = mapped_column(Integer)
 
 
 class ScheduleRow(Base):

@@ -2,8 +2,9 @@
 wait and run times, and the workers. The domain behind `/api/v1/queues` and `/api/v1/workers`.
 
 RQ's side is counted, never listed: `LLEN` of each queue and `ZCARD` of each registry, all in one
-pipelined round trip, however many jobs wait. SQL's side is a `GROUP BY queue, status`, scoped to a
-tenant when one is given (RQ's counts are across tenants, so only platform admins see them).
+pipelined round trip, however many jobs wait. SQL's side is read from the counts the database
+keeps per tenant, queue and status (`backend.counts`), never by counting rows, scoped to a tenant
+when one is given (RQ's counts are across tenants, so only platform admins see them).
 Throughput and percentiles come from the jobs that finished inside the window, read as timestamps
 (at most `STATS_SAMPLE` of them, the newest), because SQLite has no percentile function.
 """
@@ -17,9 +18,10 @@ from typing import Any
 
 from redis import Redis
 from rq.worker import Worker
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from backend import counts
 from backend.enums import QUEUE_ORDER, WEBHOOK_QUEUE, JobStatus
 from backend.errors import InvalidInput, NotFound
 from backend.models import JobRow
@@ -47,27 +49,24 @@ def rq_counts(redis: Redis, queues: tuple[str, ...] = ALL_QUEUES) -> dict[str, d
             pipe.llen(f"rq:queue:{name}")
             for key in REGISTRIES.values():
                 pipe.zcard(key.format(name))
-        found = pipe.execute()
+        replies = pipe.execute()
     width = 1 + len(REGISTRIES)
-    counts = {}
+    found = {}
     for index, name in enumerate(queues):
-        values = found[index * width : (index + 1) * width]
-        counts[name] = {
+        values = replies[index * width : (index + 1) * width]
+        found[name] = {
             "queued": int(values[0]),
             **{k: int(v) for k, v in zip(REGISTRIES, values[1:], strict=True)},
         }
-    return counts
+    return found
 
 
 def sql_counts(session: Session, *, tenant_id: str | None) -> dict[str, dict[str, int]]:
     """Per queue, the rows in each status (every status present, zeros included)."""
-    query = select(JobRow.queue, JobRow.status, func.count()).group_by(JobRow.queue, JobRow.status)
-    if tenant_id is not None:
-        query = query.where(JobRow.tenant_id == tenant_id)
-    counts: dict[str, dict[str, int]] = {q.value: _zeros() for q in QUEUE_ORDER}
-    for queue, status, count in session.execute(query):
-        counts.setdefault(queue, _zeros())[status] = count
-    return counts
+    found: dict[str, dict[str, int]] = {q.value: _zeros() for q in QUEUE_ORDER}
+    for queue, status, count in counts.counts(session, tenant_id=tenant_id):
+        found.setdefault(queue, _zeros())[status] = count
+    return found
 
 
 def queue_stats(

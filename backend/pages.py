@@ -11,7 +11,7 @@ import binascii
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, and_, or_
+from sqlalchemy import Select, or_
 from sqlalchemy.orm import Session
 
 from backend.errors import InvalidInput
@@ -25,8 +25,10 @@ def page(
     """One page of `limit` rows of `query` (newest first) and the cursor of the next, or None."""
     if cursor is not None:
         created_at, row_id = decode_cursor(cursor)
+        # `created_at <= :at` is a range both planners start the index scan from; the OR only
+        # sorts out the rows of that very instant.
         query = query.where(
-            or_(model.created_at < created_at, and_(model.created_at == created_at, model.id < row_id))
+            model.created_at <= created_at, or_(model.created_at < created_at, model.id < row_id)
         )
     query = query.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)
     rows = list(session.scalars(query))

@@ -49,7 +49,7 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import LockError
-from sqlalchemy import and_, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend import dependencies, webhooks
@@ -328,11 +328,9 @@ def _unfinished_rows(
                     JobRow.updated_at < cutoff,
                 )
                 if after is not None:
+                    # A range the index scan starts from; the OR only sorts out one instant's rows.
                     query = query.where(
-                        or_(
-                            JobRow.created_at > after[0],
-                            and_(JobRow.created_at == after[0], JobRow.id > after[1]),
-                        )
+                        JobRow.created_at >= after[0], or_(JobRow.created_at > after[0], JobRow.id > after[1])
                     )
                 with sessions() as session:
                     rows = list(

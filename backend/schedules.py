@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from redis import Redis
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from backend import jobs, pages
@@ -220,18 +220,21 @@ def run_now(
 
 
 def last_jobs(*, session: Session, schedule_ids: list[str]) -> dict[str, JobRow]:
-    """The newest job each schedule fired (by hand or on time), for the schedules that fired any."""
+    """The newest job each schedule fired (by hand or on time), for the schedules that fired any.
+
+    One look-up per schedule at the newest end of `ix_jobs_schedule_created`, however many jobs
+    each has fired."""
     if not schedule_ids:
         return {}
     newest = (
-        select(JobRow.schedule_id, func.max(JobRow.created_at).label("created_at"))
-        .where(JobRow.schedule_id.in_(schedule_ids))
-        .group_by(JobRow.schedule_id)
-        .subquery()
+        select(JobRow.id)
+        .where(JobRow.schedule_id == ScheduleRow.id)
+        .order_by(JobRow.created_at.desc(), JobRow.id.desc())
+        .limit(1)
+        .correlate(ScheduleRow)
+        .scalar_subquery()
     )
-    query = select(JobRow).join(
-        newest, (JobRow.schedule_id == newest.c.schedule_id) & (JobRow.created_at == newest.c.created_at)
-    )
+    query = select(JobRow).where(JobRow.id.in_(select(newest).where(ScheduleRow.id.in_(schedule_ids))))
     return {row.schedule_id: row for row in session.scalars(query) if row.schedule_id is not None}
 
 

@@ -20,6 +20,7 @@ from backend.enums import QUEUE_ORDER
 
 QUEUE_KEY = "rq:queue:{}"
 SCAN_FROM_EACH_END = 1_000  # list entries `LPOS` may scan from the head, and from the tail
+SPAN_MAX = 2_000  # list entries read in one LRANGE between the first and last deep job of a page
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,11 @@ def read_workload(redis: Redis, jobs: Sequence[tuple[str, str]]) -> Workload:
     workers, and when each busy one took its job. Two Redis round trips, three if a worker is busy.
 
     `LPOS` costs Redis a scan from one end of the list, so each job is looked for within
-    `SCAN_FROM_EACH_END` entries of the head (about to run) and of the tail (just submitted); only
-    a job in the middle of a longer queue costs a full scan, in the second round trip.
+    `SCAN_FROM_EACH_END` entries of the head (about to run) and of the tail (just submitted). Of
+    the jobs in the middle of a longer queue, the first and the last per queue cost a scan from the
+    tail, in the second round trip; the others are read from the stretch of the list between
+    those two when it is short (a page of the job list is in the queue's order: one more round
+    trip), and only those not there cost a scan each (one more).
     """
     names = [q.value for q in QUEUE_ORDER]
     names += sorted({queue for _, queue in jobs} - set(names))
@@ -78,17 +82,25 @@ def read_workload(redis: Redis, jobs: Sequence[tuple[str, str]]) -> Workload:
         if index is None and depths[queue] > 2 * SCAN_FROM_EACH_END
     ]
 
+    # The jobs deep in a queue: the first and the last of them per queue (the anchors) are looked
+    # for in the whole list; a page's others sit between them (a queue is in submit order, and so
+    # is the job list), so one read of that stretch finds them.
+    by_queue: dict[str, list[int]] = {}
+    for n in deep:
+        by_queue.setdefault(jobs[n][1], []).append(n)
+    anchors = sorted({n for members in by_queue.values() for n in (members[0], members[-1])})
     with redis.pipeline(transaction=False) as pipe:
-        for n in deep:
-            job_id, queue = jobs[n]
-            pipe.lpos(QUEUE_KEY.format(queue), job_id)
+        for n in anchors:  # from the tail: a page of the job list is newest first
+            pipe.lpos(QUEUE_KEY.format(jobs[n][1]), jobs[n][0], rank=-1)
         for key in keys:
             pipe.hmget(key, "queues", "death")
             pipe.smembers(WORKER_EXECUTIONS_KEY_TEMPLATE.format(key.removeprefix("rq:worker:")))
-        replies = pipe.execute() if deep or keys else []
-    for n, index in zip(deep, replies, strict=False):
+        replies = pipe.execute() if anchors or keys else []
+    for n, index in zip(anchors, replies, strict=False):
         indexes[n] = None if index is None else int(index)
-    replies = replies[len(deep) :]
+    replies = replies[len(anchors) :]
+    if len(deep) > len(anchors):
+        _between_anchors(redis, jobs, indexes, by_queue)
     live: list[tuple[tuple[str, ...], list[str]]] = []
     for (queues, death), executions in zip(replies[::2], replies[1::2], strict=True):
         if queues is not None and death is None:  # else expired (no heartbeat) or stopped
@@ -113,6 +125,41 @@ def read_workload(redis: Redis, jobs: Sequence[tuple[str, str]]) -> Workload:
         for queues, members in live
     ]
     return Workload(indexes=indexes, depths=depths, workers=workers)
+
+
+def _between_anchors(
+    redis: Redis, jobs: Sequence[tuple[str, str]], indexes: list[int | None], by_queue: dict[str, list[int]]
+) -> None:
+    """Fill in `indexes` of the deep jobs between each queue's anchors: from one `LRANGE` of the
+    stretch between them when it is at most `SPAN_MAX` entries (a page of neighbours), and by a
+    scan from the tail for any other (a page of a rare filter spreads wider: reading the stretch
+    would cost more than scanning, since every entry read is parsed here)."""
+    stretches: list[tuple[str, int, int]] = []
+    for queue, members in by_queue.items():
+        found = sorted(i for n in (members[0], members[-1]) if (i := indexes[n]) is not None)
+        if found and found[-1] - found[0] <= SPAN_MAX:
+            stretches.append((queue, found[0], found[-1]))
+    with redis.pipeline(transaction=False) as pipe:
+        for queue, start, stop in stretches:
+            pipe.lrange(QUEUE_KEY.format(queue), start, stop)
+        ranges = pipe.execute() if stretches else []
+    seen: dict[tuple[str, str], int] = {}
+    for (queue, start, _), members in zip(stretches, ranges, strict=True):
+        seen.update({(queue, _text(member)): start + i for i, member in enumerate(members)})
+    missing = []
+    for members in by_queue.values():
+        for n in members:
+            if indexes[n] is None:
+                job_id, queue = jobs[n]
+                indexes[n] = seen.get((queue, job_id))
+                if indexes[n] is None:
+                    missing.append(n)
+    if missing:
+        with redis.pipeline(transaction=False) as pipe:
+            for n in missing:
+                pipe.lpos(QUEUE_KEY.format(jobs[n][1]), jobs[n][0], rank=-1)
+            for n, index in zip(missing, pipe.execute(), strict=True):
+                indexes[n] = None if index is None else int(index)
 
 
 def _text(value: bytes | str) -> str:

@@ -1,13 +1,15 @@
 """`python -m bench [--quick] [--rounds N] [--only NAME ...]`: run the benchmarks, print the table.
 
 Each benchmark runs Lanes and bare RQ on the same private redis-server and prints the medians
-and their ratio (Lanes / bare RQ). The same figures, every round included, go to
-`bench/results/latest.json`. Ctrl-C or SIGTERM stops every process the run started.
+and their ratio (Lanes / bare RQ), beside issue 11's floor where it sets one. The same figures,
+every round included, go to `bench/results/latest.json`, and as a markdown table for the README to
+`bench/results/latest.md`. Ctrl-C or SIGTERM stops every process the run started.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import time
@@ -15,11 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from bench import commands, drain, latency, scheduler, submit
+from backend.job_requests import MAX_BATCH_JOBS
+from bench import commands, drain, latency, scale, scheduler, submit
 from bench.env import BenchEnv, BenchError
-from bench.report import LATEST_JSON, Comparison, environment, environment_line, table, write_json
+from bench.report import (
+    LATEST_JSON,
+    Comparison,
+    apply_floors,
+    environment,
+    environment_line,
+    table,
+    write_json,
+    write_markdown,
+)
 
-BENCHMARKS = ("submit", "drain", "latency", "commands", "scheduler")
+BENCHMARKS = ("submit", "drain", "latency", "commands", "scheduler", "scale")
 
 
 @dataclass(frozen=True)
@@ -32,15 +44,22 @@ class Sizes:
     drain_jobs: int
     latency_samples: int
     schedules: int
+    batch_jobs: int
+    batch_size: int
+    scale_rows: int
+    scale_samples: int
+    scale_postgres: str | None = scale.DEFAULT_POSTGRES
 
 
 FULL = Sizes(
     rounds=3, http_jobs=1000, inprocess_jobs=1000, concurrency=8, warmup_jobs=100, drain_jobs=300,
-    latency_samples=100, schedules=1000,
+    latency_samples=100, schedules=1000, batch_jobs=5000, batch_size=100, scale_rows=1_000_000,
+    scale_samples=100,
 )  # fmt: skip
 QUICK = Sizes(
     rounds=1, http_jobs=200, inprocess_jobs=200, concurrency=8, warmup_jobs=20, drain_jobs=60,
-    latency_samples=20, schedules=100,
+    latency_samples=20, schedules=100, batch_jobs=1000, batch_size=100, scale_rows=20_000,
+    scale_samples=20,
 )  # fmt: skip
 
 
@@ -52,16 +71,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--drain-jobs", type=int, help="jobs each worker drains per round")
     parser.add_argument("--submit-jobs", type=int, help="jobs submitted per round")
     parser.add_argument("--concurrency", type=int, help="HTTP requests in flight in the submit benchmark")
+    parser.add_argument("--batch-jobs", type=int, help="jobs submitted in batches per round")
+    parser.add_argument("--batch-size", type=int, help="jobs per batch request and per bare enqueue_many")
     parser.add_argument("--schedules", type=int, help="schedules due the same second (scheduler benchmark)")
+    parser.add_argument(
+        "--scale-rows", type=int, help="job rows at the scale benchmark's last step (10k and 100k come first)"
+    )
+    parser.add_argument("--scale-samples", type=int, help="calls timed per endpoint in the scale benchmark")
+    parser.add_argument(
+        "--scale-postgres",
+        default=scale.DEFAULT_POSTGRES,
+        help=f"PostgreSQL server the scale benchmark makes (and drops) its database on; 'none': SQLite only "
+        f"(default {scale.DEFAULT_POSTGRES})",
+    )
     parser.add_argument(
         "--json", type=Path, default=LATEST_JSON, help=f"where to write (default {LATEST_JSON})"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp directory (logs, database)")
     args = parser.parse_args(argv)
-    for name in ("rounds", "drain_jobs", "submit_jobs", "concurrency", "schedules"):
+    counts = ("rounds", "drain_jobs", "submit_jobs", "concurrency", "schedules", "batch_jobs", "batch_size")
+    for name in (*counts, "scale_rows", "scale_samples"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.batch_size is not None and args.batch_size > MAX_BATCH_JOBS:
+        parser.error(f"--batch-size must be at most {MAX_BATCH_JOBS}, the API's largest batch")
     return args
 
 
@@ -76,6 +110,11 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         drain_jobs=args.drain_jobs or base.drain_jobs,
         latency_samples=base.latency_samples,
         schedules=args.schedules or base.schedules,
+        batch_jobs=args.batch_jobs or base.batch_jobs,
+        batch_size=args.batch_size or base.batch_size,
+        scale_rows=args.scale_rows or base.scale_rows,
+        scale_samples=args.scale_samples or base.scale_samples,
+        scale_postgres=None if args.scale_postgres.lower() == "none" else args.scale_postgres,
     )
 
 
@@ -93,6 +132,8 @@ def run(sizes: Sizes, only: list[str], *, keep: bool) -> list[Comparison]:
                     inprocess_jobs=sizes.inprocess_jobs,
                     concurrency=sizes.concurrency,
                     warmup_jobs=sizes.warmup_jobs,
+                    batch_jobs=sizes.batch_jobs,
+                    batch_size=sizes.batch_size,
                 ),
             )
         if "drain" in only:
@@ -111,7 +152,26 @@ def run(sizes: Sizes, only: list[str], *, keep: bool) -> list[Comparison]:
             rows += scheduler.run(
                 env, scheduler.SchedulerOptions(rounds=sizes.rounds, schedules=sizes.schedules)
             )
+        if "scale" in only:
+            options = scale.ScaleOptions(
+                rows=sizes.scale_rows,
+                samples=sizes.scale_samples,
+                budget_s=SCALE_BUDGET_S,
+                postgres_url=sizes.scale_postgres,
+            )
+            steps = ", ".join(f"{n:,}" for n in options.sizes)
+            say(f"scale: {steps} job rows, {sizes.scale_samples} calls per endpoint")
+            rows += scale.run(env, options)
     return rows
+
+
+#: Seconds one endpoint may take in the scale benchmark before it stops at its minimum of calls.
+SCALE_BUDGET_S = 10.0
+
+
+def command_line(argv: list[str] | None) -> str:
+    """The command this run was started with, as the markdown table names it."""
+    return shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 def say(message: str) -> None:
@@ -142,18 +202,30 @@ def main(argv: list[str] | None = None) -> int:
         say(f"benchmark failed: {exc}")
         return 1
     elapsed_s = time.monotonic() - started
+    apply_floors(rows)
+    ratios = [row for row in rows if "target_ms" not in row.notes]
+    scaled = [row for row in rows if "target_ms" in row.notes]
     print()
-    print(table(rows))
-    print()
+    if ratios:
+        print(table(ratios))
+        print()
+    if scaled:
+        print(scale.table(scaled))
+        print()
     print(f"environment: {environment_line(env_info)}")
     print(
         "ratio = lanes / bare rq; 1.00x is parity. Rates (jobs/s): higher is better, 0.50x is half "
         "as many. Lags (ms): lower is better, 0.50x is half the delay, 2.00x twice it. "
         f"Median of {sizes.rounds} round(s)."
     )
+    if scaled:
+        print(scale.FOOTNOTE)
     options = {**sizes.__dict__, "benchmarks": only, "quick": args.quick, "elapsed_s": round(elapsed_s, 1)}
     path = write_json(rows, env=env_info, options=options, path=args.json)
-    print(f"written to {path} in {elapsed_s:.0f} s")
+    md = write_markdown(
+        rows, env=env_info, command=command_line(argv), rounds=sizes.rounds, path=path.with_suffix(".md")
+    )
+    print(f"written to {path} and {md} in {elapsed_s:.0f} s")
     return 0
 
 

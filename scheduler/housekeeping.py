@@ -1,5 +1,7 @@
 """Housekeeping on timers, in a thread of the scheduler daemon: the reconciler, its quick pass
-over running jobs (dead workers' jobs retried within seconds), and the prune.
+over running jobs (dead workers' jobs retried within seconds), the prune, and the fold of the job
+count changes into `job_counts` (every `backend.counts.FOLD_INTERVAL_S`; any scheduler may fold,
+two folds at once fold disjoint changes).
 
 They run beside the firing loop, never in it, so a long reconcile cannot make a firing late. Each
 takes a Redis lock, so with several schedulers one of them does each run: the reconciler and its
@@ -19,6 +21,7 @@ from collections.abc import Callable, MutableMapping
 from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
+from backend import counts
 from backend.config import Settings
 from backend.prune import prune
 from backend.reconcile import reconcile
@@ -53,6 +56,7 @@ class Housekeeping(threading.Thread):
             (self.reconcile, self.settings.reconcile_interval_s, "reconcile"),
             (self.sweep_dead_workers, self.settings.dead_worker_sweep_s, "dead_worker_sweep"),
             (self.prune, self.settings.prune_interval_s, "prune"),
+            (self.fold_counts, counts.FOLD_INTERVAL_S, "count_fold"),
         ]
         due = {name: time.monotonic() for _, _, name in chores}
         while not self.stopping.is_set():
@@ -85,6 +89,13 @@ class Housekeeping(threading.Thread):
         if report.repaired or report.errors:
             log.info("dead worker sweep: %s", report.summary())
         return report.summary()
+
+    def fold_counts(self) -> str:
+        """Fold the job count changes the triggers appended (`backend.counts`), so reads stay quick."""
+        with self.sessions() as session:
+            waiting = counts.waiting(session)
+            counts.fold(session)
+        return f"folded about {waiting} job count changes"
 
     def prune(self) -> str:
         lock = self.redis.lock(PRUNE_LOCK_KEY, timeout=PRUNE_LOCK_TTL_S, blocking=False)

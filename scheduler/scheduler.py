@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from backend.config import Settings
 from backend.db import utcnow
 from backend.firing import FireReport, fire_due
+from backend.health import SCHEDULERS_KEY
 from backend.queues import LanesJob
 from backend.schedule_entries import ENTRIES_KEY, SyncReport, schedule_id_of, sync_entries
 from backend.tasks import TaskRegistry
@@ -222,6 +223,7 @@ class LanesScheduler(Scheduler):
         with self.connection.pipeline() as pipe:
             pipe.hset(self.key, mapping=fields)
             pipe.expire(self.key, int(self._interval) + 10)
+            pipe.sadd(SCHEDULERS_KEY, self.key)  # where health finds it without a SCAN
             pipe.execute()
 
     def _install_signal_handlers(self) -> None:

@@ -128,6 +128,30 @@ def test_a_job_anywhere_in_a_long_queue_is_found_whether_near_an_end_or_in_the_m
     assert (found.position, found.ahead) == (index + 1, index)
 
 
+def test_a_page_of_jobs_deep_in_long_queues_is_read_between_two_scans_and_the_strays_by_their_own(
+    fake_redis: fakeredis.FakeRedis,
+) -> None:
+    enqueue(fake_redis, "high", *[f"h{n}" for n in range(5000)])
+    enqueue(fake_redis, "normal", *[f"n{n}" for n in range(8000)])
+    enqueue(fake_redis, "low", *[f"l{n}" for n in range(3000)])
+    asked = [  # as a page of the job list asks: newest first
+        ("n5500", "normal"),  # the first deep job of its queue: found by a scan
+        ("n5490", "normal"),  # between the two scanned ones: read from the stretch between them
+        ("gone", "normal"),  # not in the queue at all
+        ("n1500", "normal"),  # out of the queue's order (a requeued job): a scan of its own
+        ("n4000", "normal"),  # the last deep job of its queue: found by a scan
+        ("h3900", "high"),  # a stretch longer than SPAN_MAX: each found by a scan of its own
+        ("h2500", "high"),
+        ("h1200", "high"),
+        ("l1500", "low"),  # another queue's only deep job
+        ("n10", "normal"),  # near the head: found by the first look
+    ]
+
+    found = workload.read_workload(fake_redis, asked)
+
+    assert found.indexes == [5500, 5490, None, 1500, 4000, 3900, 2500, 1200, 1500, 10]
+
+
 def test_every_job_in_a_higher_queue_is_ahead_and_none_in_a_lower_one(
     session: Session, fake_redis: fakeredis.FakeRedis, stats: DurationStats
 ) -> None:
@@ -370,6 +394,28 @@ def test_averages_are_reused_until_their_time_to_live_runs_out(
     assert stats.task_mean(session, "demo.sleep").mean_s == pytest.approx(3.0)
 
 
+def test_several_tasks_averages_are_read_in_one_statement_and_agree_with_one_at_a_time(
+    session: Session,
+) -> None:
+    for n in range(durations.SAMPLE_SIZE + 5):  # the oldest five are out of the window
+        add_row(
+            session, run_s=1.0 if n < durations.SAMPLE_SIZE else 9.0, created_at=NOW - timedelta(seconds=n)
+        )
+    add_row(session, run_s=6.0, task="demo.echo")
+    add_row(session, run_s=7.0, task="demo.echo", status="failed")
+    statements: list[str] = []
+    event.listen(session.get_bind(), "before_cursor_execute", lambda *args: statements.append(args[2]))
+
+    found = DurationStats().task_means(session, ["demo.sleep", "demo.echo", "demo.none", "demo.echo"])
+
+    assert len(statements) == 1
+    assert found == {
+        task: DurationStats().task_mean(session, task) for task in ("demo.sleep", "demo.echo", "demo.none")
+    }
+    assert (found["demo.sleep"].mean_s, found["demo.sleep"].samples) == (pytest.approx(1.0), 50)
+    assert found["demo.echo"].mean_s == pytest.approx(6.0) and found["demo.none"].samples == 0
+
+
 # -- many at once ---------------------------------------------------------------------------------
 
 
@@ -459,6 +505,17 @@ def test_the_schedule_gives_each_job_to_the_worker_free_first(
 ) -> None:
     assert start_offsets(free_s, runs, [n])[n] == expected
     assert exact_start(free_s, runs, n) == expected
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 8])
+def test_whole_rounds_taken_at_once_give_the_job_by_job_schedule(workers: int) -> None:
+    free_s = [0.0, *(0.3 * w for w in range(1, workers)), *([float("inf")] if workers == 3 else [])]
+    runs = [(7, 0.5), (400, 2.0), (1700, 1.25)]
+    targets = [0, 1, 5, 7, 8, 9, 100, 407, 1000, estimates.SIMULATE_MAX_JOBS]
+
+    found = start_offsets(free_s, runs, targets)
+
+    assert found == {n: pytest.approx(exact_start(free_s, runs, n)) for n in targets}
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3, 8])

@@ -106,6 +106,17 @@ def test_a_schedules_jobs_are_listed_newest_first_a_page_at_a_time(live_api: Tes
     assert rest["next_cursor"] is None
 
 
+def test_the_schedule_list_shows_each_schedules_newest_job(live_api: TestClient) -> None:
+    busy_id = a_schedule(live_api)["id"]
+    idle_id = a_schedule(live_api, name="idle")["id"]
+    fired = [live_api.post(f"{SCHEDULES}/{busy_id}/run").json()["id"] for _ in range(3)]
+
+    listed = {s["id"]: s for s in live_api.get(SCHEDULES).json()["items"]}
+
+    assert (listed[busy_id]["last_job_id"], listed[busy_id]["last_job_status"]) == (fired[-1], "queued")
+    assert listed[idle_id]["last_job_id"] is None
+
+
 def test_run_and_jobs_of_an_unknown_schedule_are_404(live_api: TestClient) -> None:
     for response in (
         live_api.post(f"{SCHEDULES}/nope/run"),
