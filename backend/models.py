@@ -65,7 +65,12 @@ class JobRow(Base):
         Index(
             "ux_jobs_tenant_idempotency_key", text("coalesce(tenant_id, '')"), "idempotency_key", unique=True
         ),
-        Index("ix_jobs_status_finished", "status", "finished_at"),
+        # Ended jobs by finish time (the prune, the stats); the stats count per queue and tenant
+        # from the index alone (migration 0010).
+        Index(
+            "ix_jobs_status_finished_queue",
+            *("status", "finished_at", "queue", "tenant_id", "enqueued_at", "started_at"),
+        ),
         Index("ix_jobs_schedule_created", "schedule_id", "created_at", "id"),
         # Each list filter, and a task's or a tenant's with a status, walks an index of its own
         # newest first, however rare its rows; so does a task's moving average (migration 0009).

@@ -326,7 +326,10 @@ class StatsOut(BaseModel):
     bucket_s: int
     since: Timestamp
     until: Timestamp
-    sampled: int = Field(description="Finished jobs read; at most sample_limit, the newest.")
+    sampled: int = Field(
+        description="Finished jobs the percentiles rest on; at most sample_limit, the newest. The"
+        " throughput and the succeeded and failed counts cover every job of the window."
+    )
     sample_limit: int
     queues: dict[str, QueueStatsOut]
 

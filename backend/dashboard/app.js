@@ -107,7 +107,7 @@ const views = {
       failed: Object.values(stats.queues).reduce((n, s) => n + s.throughput[i].failed, 0),
     })) || [];
     return `<div class="cards"><div class="card"><div class="muted">live workers</div><div class="big" id="live-workers">${queues.workers}</div></div>` +
-      `<div class="card"><div class="muted">finished, last hour</div><div class="big">${stats.sampled}</div></div></div>` +
+      `<div class="card"><div class="muted">finished, last hour</div><div class="big" id="finished-hour">${Object.values(stats.queues).reduce((n, s) => n + s.succeeded + s.failed, 0)}</div></div></div>` +
       `<h2>Queues</h2>` + table(["queue", { label: "waiting", num: 1 }, { label: "started", num: 1 }, { label: "scheduled", num: 1 },
         { label: "retrying", num: 1 }, { label: "failed", num: 1 }, { label: "succeeded", num: 1 }, ""], rows) +
       `<h2>Throughput, last hour (per minute: succeeded, failed)</h2>${throughputChart(all)}` +

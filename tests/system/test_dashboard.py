@@ -127,6 +127,8 @@ def test_each_page_shows_the_platform_and_a_job_moves_from_queued_to_succeeded(
     ):
         page.goto(f"{stack.url}/dashboard#/{name}")
         page.wait_for_selector(selector, timeout=10_000)
+        if name == "overview":  # the job that just succeeded, counted in the last hour's stats
+            page.wait_for_function("document.getElementById('finished-hour')?.textContent === '1'")
         shot(page, name)
     assert "nightly report" in page.inner_text("main") and "Europe/Paris" in page.inner_text("main")
     page.click("tr[data-schedule] button.run-now")
