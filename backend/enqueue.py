@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import timedelta
 
 from redis import Redis
@@ -55,9 +55,17 @@ def enqueue_row(*, redis: Redis, settings: Settings, row: JobRow, pipeline: Pipe
 
 
 def enqueue_rows(
-    *, redis: Redis, settings: Settings, rows: Sequence[JobRow], succeeded: Collection[str] | None
+    *,
+    redis: Redis,
+    settings: Settings,
+    rows: Sequence[JobRow],
+    succeeded: Collection[str] | None,
+    also: Callable[[Pipeline], None] | None = None,
 ) -> None:
     """Put every row's job in Redis in one MULTI/EXEC transaction.
+
+    `also` adds commands of the caller's to the same transaction (a submit's metrics), so they
+    cost no round trip of their own and happen exactly when the jobs are put in.
 
     The transaction WATCHes the job hashes of the dependencies outside `rows`, so one that
     finishes between the look at its status and the EXEC makes the transaction start over,
@@ -81,6 +89,8 @@ def enqueue_rows(
                     if queue is None:  # one Queue per name: building one costs more than a job
                         queue = queues[row.queue] = queue_for(row.queue, redis)
                     _put(queue, settings, row, pipe, waiting)
+                if also is not None:
+                    also(pipe)
                 pipe.execute()
                 return
             except WatchError:

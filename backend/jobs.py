@@ -114,7 +114,6 @@ def submit(
         session.rollback()  # nothing half-done (an expired key's release) may be left pending
         raise
     _enqueue_or_fail(session, redis, settings, [row], statuses, charge)
-    metrics.count(redis, "lanes_jobs_submitted", task=row.task)
     return Submission(row)
 
 
@@ -180,9 +179,6 @@ def submit_batch(
         session.rollback()
         raise
     _enqueue_or_fail(session, redis, settings, rows, statuses, charge)
-    metrics.record(
-        redis, [("lanes_jobs_submitted", {"task": t}, n) for t, n in Counter(r.task for r in rows).items()]
-    )
     return rows
 
 
@@ -197,8 +193,11 @@ def _enqueue_or_fail(
     """Put committed rows' jobs in Redis, or mark them failed, give their credits back and raise
     `BackendUnavailable`."""
     succeeded = {job_id for job_id, status in statuses.items() if status == JobStatus.SUCCEEDED}
+    submitted = metrics.Tally()  # counted in the jobs' own transaction: no round trip of its own
+    for task, count in Counter(row.task for row in rows).items():
+        submitted.count("lanes_jobs_submitted", {"task": task}, count)
     try:
-        enqueue_rows(redis=redis, settings=settings, rows=rows, succeeded=succeeded)
+        enqueue_rows(redis=redis, settings=settings, rows=rows, succeeded=succeeded, also=submitted.queue_on)
     except RedisError as exc:
         log.warning("%d job(s) not enqueued, Redis refused: %s", len(rows), exc)
         _mark_not_enqueued(session, rows, f"not enqueued: Redis unavailable ({type(exc).__name__})", charge)

@@ -30,6 +30,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from redis import Redis
+from redis.client import Pipeline
 from rq.exceptions import StopRequested
 from rq.timeouts import BaseTimeoutException
 from sqlalchemy import func, select
@@ -137,6 +138,14 @@ class Tally:
         self.count(f"{name}_count", labels)
         field = _field(f"{name}_sum", labels)
         self.floats[field] = self.floats.get(field, 0.0) + max(0.0, seconds)
+
+    def queue_on(self, pipe: Pipeline) -> None:
+        """Add everything to the shared hash within `pipe`: a caller's transaction, so the counts land
+        with the work they count. The tally is kept, for a transaction that is built again."""
+        for field, amount in self.ints.items():
+            pipe.hincrby(COUNTERS_KEY, field, amount)
+        for field, total in self.floats.items():
+            pipe.hincrbyfloat(COUNTERS_KEY, field, total)
 
     def send(self, redis: Redis) -> None:
         """Add everything to the shared hash and start again from nothing; never raises."""

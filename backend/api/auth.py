@@ -18,7 +18,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from backend import tenants
-from backend.api.deps import RateLimitsDep, SessionDep, SettingsDep
+from backend.api.deps import ContextDep, SessionDep
 from backend.api.ratelimit import LimitName
 from backend.enums import Role
 from backend.errors import Forbidden, NotFound, Unauthorized
@@ -59,9 +59,10 @@ def presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-def get_caller(
-    request: Request, session: SessionDep, settings: SettingsDep, rate_limits: RateLimitsDep
-) -> Caller:
+def get_caller(request: Request, context: ContextDep, session: SessionDep) -> Caller:
+    # The app's objects come from the context itself rather than a dependency each: every
+    # dependency costs FastAPI's resolution on each call of every route (this one runs on all).
+    settings, rate_limits = context.settings, context.rate_limits
     key = presented_key(request)
     row, tenant = (tenants.verify_key_and_tenant(session=session, key=key) if key else None) or (None, None)
     if row is None or tenant is None:

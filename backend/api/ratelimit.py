@@ -59,6 +59,38 @@ KEY_PREFIX = "lanes:ratelimit"
 ROUTE_EXTENSION = "x-rate-limit"
 #: A failing limiter storage is logged at most this often.
 FAIL_OPEN_LOG_INTERVAL_S = 60.0
+#: Count one call in a moving window and say where the caller stands, in one round trip. The
+#: window is `limits`' own (its `acquire_moving_window.lua` and `moving_window.lua` together): a
+#: list of call times, newest first, trimmed to the limit. KEYS[1]: the window; ARGV: now (Unix
+#: seconds), the limit, the window's length (s). Returns {1 if counted else 0, the oldest call
+#: time still in the window (nil if none), the calls in the window}.
+HIT_AND_LOOK = """
+local now, limit, expiry = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local since = now - expiry
+local allowed = 0
+local last = redis.call('lindex', KEYS[1], limit - 1)
+if not (last and tonumber(last) >= since) then
+    redis.call('lpush', KEYS[1], ARGV[1])
+    redis.call('ltrim', KEYS[1], 0, limit - 1)
+    redis.call('expire', KEYS[1], expiry)
+    allowed = 1
+end
+local low, high, found = 0, math.min(redis.call('llen', KEYS[1]), limit) - 1, nil
+while low <= high do
+    local middle = math.floor((low + high) / 2)
+    local value = tonumber(redis.call('lindex', KEYS[1], middle))
+    if value and value >= since then
+        found = middle
+        low = middle + 1
+    else
+        high = middle - 1
+    end
+end
+if found then
+    return {allowed, redis.call('lindex', KEYS[1], found), found + 1}
+end
+return {allowed, false, 0}
+"""
 
 
 class LimitName(StrEnum):
@@ -112,6 +144,11 @@ class RateLimits:
             storage_options=storage,
             enabled=settings.rate_limit_enabled,
         )
+        # slowapi's limiter gives the storage (its key prefix, the app's pool); a call is counted with
+        # one script of ours, on the storage's keys, where `limits` takes two round trips (a hit, then
+        # a look at the window for the headers).
+        self._storage: Any = self._limiter.limiter.storage
+        self._hit_and_look = redis.register_script(HIT_AND_LOOK)
         #: Calls let through because the storage failed; calls refused with 429.
         self.failed_open = 0
         self.rejected = 0
@@ -126,14 +163,19 @@ class RateLimits:
             return
         name = name or limit_of(request)
         item = self.limits[name]
-        strategy = self._limiter.limiter
+        key = self._storage.prefixed_key(item.key_for(name.value, who))
+        now = time.time()
         try:
-            allowed = strategy.hit(item, name.value, who)
-            reset_at, remaining = strategy.get_window_stats(item, name.value, who)
+            allowed, oldest, hits = self._hit_and_look(
+                keys=[key], args=[repr(now), item.amount, item.get_expiry()]
+            )
         except (RedisError, StorageError, OSError) as exc:
             self._fail_open(exc)
             return
-        window = Window(limit=item.amount, remaining=max(0, remaining), reset_s=_seconds_until(reset_at))
+        reset_at = (float(oldest) if oldest is not None else now) + item.get_expiry()
+        window = Window(
+            limit=item.amount, remaining=max(0, item.amount - int(hits)), reset_s=_seconds_until(reset_at)
+        )
         request.state.rate_limit = window
         if not allowed:
             self.rejected += 1
