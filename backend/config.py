@@ -109,6 +109,11 @@ class Settings(BaseSettings):
     worker_processes: int = Field(
         default=1, ge=1, le=256, description="Worker processes one `python -m worker` runs and restarts."
     )
+    horse_jobs: int = Field(
+        default=100,
+        ge=1,
+        description="Jobs a forking worker's horse runs before a new one is forked (1: a fork per job).",
+    )
     worker_poll_s: int = Field(
         default=5, ge=1, description="An idle worker wakes this often to replay mirror writes."
     )
@@ -194,6 +199,9 @@ class Settings(BaseSettings):
     api_host: str = Field(default="127.0.0.1", description="Address `make api` listens on.")
     api_port: int = Field(
         default=8000, ge=1, le=65535, description="Port `make api` and `make demo` listen on."
+    )
+    api_processes: int = Field(
+        default=0, ge=0, description="API processes `make api` starts on its port; 0: one per CPU core."
     )
 
     sql_echo: bool = False

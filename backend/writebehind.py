@@ -79,6 +79,7 @@ class WriteBehind:
         self._metrics_sent = time.monotonic()
         self._handed = 0  # writes handed over so far
         self._done = 0  # of those, how many are applied
+        self._after: list[tuple[int, Callable[[], None]]] = []  # (writes to apply first, callback)
         self._closed = False
         self._lock = threading.Condition()
         #: Held while a batch is applied: a fork must not copy a SQL connection mid-transaction.
@@ -102,6 +103,15 @@ class WriteBehind:
                 self._tally.count(name, labels, amount)
             for name, labels, seconds in times or []:
                 self._tally.observe(name, labels, seconds)
+
+    def after(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (on the thread, or here if nothing is pending) once every write handed
+        over so far is applied or has failed. It must be quick, and it must not raise."""
+        with self._lock:
+            if self._done < self._handed and self._thread.is_alive():
+                self._after.append((self._handed, callback))
+                return
+        callback()
 
     def flush(self, timeout_s: float = CLOSE_TIMEOUT_S) -> bool:
         """Wait until everything handed over so far is applied; False if `timeout_s` passed first."""
@@ -159,6 +169,13 @@ class WriteBehind:
             with self._lock:
                 self._done += len(writes)
                 self._lock.notify_all()
+                due = [callback for target, callback in self._after if target <= self._done]
+                self._after = [(target, callback) for target, callback in self._after if target > self._done]
+            for callback in due:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("write-behind: a callback after a batch failed")
             if last:
                 return
 

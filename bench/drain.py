@@ -2,7 +2,8 @@
 
 Lanes: N `demo.echo` jobs submitted through the domain's `submit_job()` (so each has its SQL row),
 then `python -m worker --burst --mode M --processes P` (the task registry, the SQL mirror writing
-`started` and `succeeded` for every job, RQ's scheduler on, queues high webhooks normal low).
+`started` and `succeeded` for every job, RQ's scheduler on, queues high webhooks normal low). In
+`fork` mode each work-horse runs the default `LANES_HORSE_JOBS` jobs (noted as `horse_jobs`).
 
 Bare RQ: N `bench.trivial.noop` jobs enqueued with the JSON serializer, then P processes of
 `rq worker --burst --with-scheduler` (RQ's forking `Worker`, or `--worker-class rq.SimpleWorker`
@@ -29,6 +30,7 @@ from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from backend.config import Settings
 from backend.enums import JobStatus
 from bench.env import BIN, BenchEnv, BenchError, Child, wait_for
 from bench.lanes import LanesClient
@@ -40,6 +42,8 @@ BARE_QUEUE = "bench-drain"
 POLL_S = 0.02
 WORKER_START_TIMEOUT_S = 30.0
 PER_JOB_TIMEOUT_S = 1.0  # generous: forking workers here do 30-100 jobs/s
+#: What a forking worker's horse runs before a new one is forked, when nothing says otherwise.
+DEFAULT_HORSE_JOBS = Settings.model_fields["horse_jobs"].default
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,8 @@ def run(env: BenchEnv, options: DrainOptions) -> list[Comparison]:
     with LanesClient(redis_url=env.redis_url, database_url=env.database_url) as lanes:
         for setup in options.setups or SETUPS:
             notes = {"jobs_per_round": options.jobs, "mode": setup.mode, "processes": setup.processes}
+            if setup.mode == "fork":
+                notes["horse_jobs"] = DEFAULT_HORSE_JOBS
             notes["bare"] = f"{setup.processes} x rq worker --worker-class {setup.bare_class}"
             steady = Comparison(setup.label, "jobs/s", notes=dict(notes))
             whole = Comparison("drain incl. start-up", "jobs/s", notes=dict(notes))

@@ -1,7 +1,8 @@
 """Enqueue-to-start latency: how soon an idle worker starts a job that has just been put on its queue.
 
 Lanes: one `python -m worker normal --mode M` (mirror on), idle and blocked on its queue; each
-sample is one `demo.echo` submitted through the domain's `submit_job()`.
+sample is one `demo.echo` submitted through the domain's `submit_job()`. In `fork` mode its
+work-horse runs the default `LANES_HORSE_JOBS` jobs (noted as `horse_jobs`).
 
 Bare RQ: one `rq worker` (JSON serializer; RQ's forking `Worker` against Lanes' `fork` mode, its
 `SimpleWorker` against `simple`) on one queue; each sample is one `Queue.enqueue` of
@@ -25,6 +26,7 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from bench.drain import DEFAULT_HORSE_JOBS
 from bench.env import BIN, BenchEnv, Child, wait_for
 from bench.lanes import LanesClient
 from bench.report import Comparison, sides
@@ -50,7 +52,13 @@ def run(env: BenchEnv, options: LatencyOptions) -> list[Comparison]:
     redis = env.redis()
     with LanesClient(redis_url=env.redis_url, database_url=env.database_url) as lanes:
         for mode in options.modes:
-            notes = {"samples_per_round": options.samples, "mode": mode, "bare": BARE_CLASS[mode]}
+            notes: dict[str, object] = {
+                "samples_per_round": options.samples,
+                "mode": mode,
+                "bare": BARE_CLASS[mode],
+            }
+            if mode == "fork":
+                notes["horse_jobs"] = DEFAULT_HORSE_JOBS
             label = f"enqueue to start, idle {'forking' if mode == 'fork' else 'simple'} worker"
             p50 = Comparison(f"{label}, p50", "ms", notes=dict(notes), better="lower")
             p99 = Comparison(f"{label}, p99", "ms", notes=dict(notes), better="lower")

@@ -1,9 +1,10 @@
-"""`python -m worker [QUEUE ...] [--name NAME] [--burst] [--mode fork|simple] [--processes N]`.
+"""`python -m worker [QUEUE ...] [--name NAME] [--burst] [--mode M] [--horse-jobs N] [--processes N]`.
 
 Runs a Lanes worker. Queues are drained in the order given (default `high webhooks normal low`).
-`--mode` (LANES_WORKER_MODE) says how jobs run: `fork`, each in a work-horse of its own, or
-`simple`, in the worker's process; `--processes` (LANES_WORKER_PROCESSES) runs that many worker
-processes under a supervisor (`worker.pool`). SIGTERM or Ctrl-C lets the current job finish, then
+`--mode` (LANES_WORKER_MODE) says how jobs run: `fork`, in a work-horse process that runs
+`--horse-jobs` (LANES_HORSE_JOBS) jobs before a new one is forked, or `simple`, in the worker's
+process; `--processes` (LANES_WORKER_PROCESSES) runs that many worker processes under a supervisor
+(`worker.pool`). SIGTERM or Ctrl-C lets the current job finish, then
 the worker exits; a second signal stops it at once.
 """
 
@@ -31,6 +32,7 @@ from backend.tasks import registry
 from backend.writebehind import WriteBehind
 from worker.lifeline import die_with_parent
 from worker.pool import SUPERVISOR_ENV, Pool
+from worker.standing import StandingHorseWorker
 from worker.worker import LanesBase, LanesSimpleWorker, LanesWorker
 
 log = logging.getLogger("worker")
@@ -50,6 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fork: each job in a process of its own; simple: in the worker's (default: LANES_WORKER_MODE)",
     )
     parser.add_argument(
+        "--horse-jobs",
+        type=int,
+        help="fork mode: jobs one work-horse runs before a new one is forked (default: LANES_HORSE_JOBS)",
+    )
+    parser.add_argument(
         "--processes", type=int, help="worker processes to run and restart (default: LANES_WORKER_PROCESSES)"
     )
     args = parser.parse_args(argv)
@@ -57,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--processes must be at least 1")
     if args.max_jobs is not None and args.max_jobs < 1:
         parser.error("--max-jobs must be at least 1")
+    if args.horse_jobs is not None and args.horse_jobs < 1:
+        parser.error("--horse-jobs must be at least 1")
     return args
 
 
@@ -73,14 +82,18 @@ def build_worker(
     redis: Redis | None = None,
     engine: Engine | None = None,
     mode: str | None = None,
+    horse_jobs: int | None = None,
 ) -> LanesBase:
-    """A worker of `mode` (default: the settings') with a Redis client and SQL engine of this
-    process (made here unless given)."""
+    """A worker of `mode` (default: the settings') whose horses run `horse_jobs` jobs each (default:
+    the settings'), with a Redis client and SQL engine of this process (made here unless given)."""
     registry.load_modules(settings.task_module_names())
     redis = redis if redis is not None else redis_for(settings, socket_timeout_s=None)
     engine = engine if engine is not None else engine_for(settings)
     simple = (mode or settings.worker_mode) == "simple"
+    horse_jobs = horse_jobs or settings.horse_jobs
     worker_class: type[LanesBase] = LanesSimpleWorker if simple else LanesWorker
+    if not simple and horse_jobs > 1:
+        worker_class = StandingHorseWorker
     worker = worker_class(
         all_queues(redis, queues),
         name=name,
@@ -93,6 +106,8 @@ def build_worker(
         log_job_description=False,  # RQ would log each job's params; Lanes logs id, task and queue
     )
     worker.poll_s = settings.worker_poll_s
+    if isinstance(worker, StandingHorseWorker):
+        worker.horse_jobs = horse_jobs
     worker.shutdown_grace_s = settings.worker_shutdown_grace_s
     sessions = make_sessionmaker(engine)
     worker.mirror = JobMirror(
@@ -122,7 +137,13 @@ def main(argv: list[str] | None = None) -> None:
     redis, engine = redis_for(settings, socket_timeout_s=None), engine_for(settings)
     while True:
         worker = build_worker(
-            settings, queues=queue_names(args.queues), name=name, redis=redis, engine=engine, mode=args.mode
+            settings,
+            queues=queue_names(args.queues),
+            name=name,
+            redis=redis,
+            engine=engine,
+            mode=args.mode,
+            horse_jobs=args.horse_jobs,
         )
         log.info("worker %s on queues %s", worker.name, ", ".join(worker.queue_names()))
         try:
@@ -156,6 +177,8 @@ def _child_args(args: argparse.Namespace) -> list[str]:
         child += ["--max-jobs", str(args.max_jobs)]
     if args.mode:
         child += ["--mode", args.mode]
+    if args.horse_jobs is not None:
+        child += ["--horse-jobs", str(args.horse_jobs)]
     return child
 
 

@@ -481,13 +481,17 @@ class LanesWorker(LanesBase, Worker):
         finally:
             os.close(self._report_read)
             self._report_read = -1
-        if _is_delivery(job):
-            return
         try:
             report = json.loads(b"".join(chunks)) if chunks else None
         except ValueError:
             report = None
-        if report is not None and report.get("id") == job.id:
+        self._apply_report(job, report)
+
+    def _apply_report(self, job: Job, report: dict[str, Any] | None) -> None:
+        """Hand the horse's reported success to the write-behind, or bring the row up to RQ."""
+        if _is_delivery(job):
+            return
+        if report is not None and report.get("id") == job.id and "attempt" in report:
             if report["ended_at"]:
                 job.ended_at = datetime.fromisoformat(report["ended_at"])
             self.mirror.succeeded(job, attempt=int(report["attempt"]), result=report["result"])
@@ -506,13 +510,7 @@ class LanesWorker(LanesBase, Worker):
         self.handle_job_failure(job, queue, exc_string=REDIS_LOST, execution=execution)
 
     def fork_work_horse(self, job: Job, queue: Queue) -> None:
-        self._parent_pid = os.getpid()
-        if not _is_delivery(job):
-            # The worker hands the row's `started` to its write-behind, which commits it while
-            # the horse runs: the horse itself writes nothing to SQL on a job's way to success
-            # but its end.
-            job.started_at = now()
-            self.mirror.started(job, worker=self.name)
+        self._hand_over_start(job)
         self._open_report()
         try:
             with self.mirror.between_writes():
@@ -521,12 +519,22 @@ class LanesWorker(LanesBase, Worker):
             os.close(self._report_write)
             self._report_write = -1
 
+    def _hand_over_start(self, job: Job) -> None:
+        """Before the horse gets `job`: its row's `started` goes to the worker's write-behind."""
+        self._parent_pid = os.getpid()
+        if not _is_delivery(job):
+            # The write-behind commits it while the horse runs: the horse itself writes nothing
+            # to SQL on a job's way to success but its end.
+            job.started_at = now()
+            self.mirror.started(job, worker=self.name)
+
     def setup_work_horse_signals(self) -> None:
         super().setup_work_horse_signals()
         die_with_parent(self._parent_pid)  # in the horse: an orphan must not run on beside the retry
         self.mirror = self.mirror.direct()  # the worker's write-behind thread is not in the horse
-        os.close(self._report_read)
-        self._report_read = -1
+        if self._report_read >= 0:
+            os.close(self._report_read)
+            self._report_read = -1
 
     def _record_start(self, job: Job) -> None:
         pass  # the worker did, as it forked the horse

@@ -17,6 +17,7 @@ from backend.enums import JobStatus
 from backend.models import JobRow
 from backend.queues import MIRROR_PENDING_KEY, LanesQueue
 from backend.writebehind import WriteBehind
+from tests.helpers import wait_for
 
 
 def add_rows(session: Session, count: int) -> None:
@@ -58,6 +59,30 @@ def test_every_write_handed_over_is_applied_in_order_and_several_share_a_commit(
     assert set(statuses(session).values()) == {"succeeded"}
     assert behind.writes == 100 and behind.batches < 100
     assert (behind.batches_split, behind.failures) == (0, 0)
+    behind.close()
+
+
+def test_a_callback_after_the_writes_runs_once_they_are_committed_or_at_once_when_none_is_pending(
+    session: Session, sessions: sessionmaker[Session], fake_redis: fakeredis.FakeRedis
+) -> None:
+    # A standing work-horse is told its job's `started` is committed this way, before it writes.
+    add_rows(session, 20)
+    behind = WriteBehind(sessions=sessions, redis=fake_redis)
+    seen: list[set[str]] = []
+    for index in range(20):
+        behind.write(f"j{index}", advance_to(JobStatus.STARTED, f"j{index}"))
+
+    def look() -> None:  # on the write-behind's thread, with a session of its own as the writes had
+        with sessions() as own:
+            seen.append(set(own.scalars(select(JobRow.status))))
+
+    behind.after(look)
+
+    wait_for(lambda: bool(seen), timeout_s=10, message="the callback")
+    assert seen == [{"started"}]  # every write handed over before it was committed first
+
+    behind.after(lambda: seen.append({"at once"}))  # nothing pending: called here
+    assert seen[-1] == {"at once"}
     behind.close()
 
 
