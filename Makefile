@@ -7,7 +7,11 @@ QUEUES ?=
 NAME   ?=
 MODE   ?=
 PROCESSES ?=
+HORSE_JOBS ?=
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): most tests wait on real workers and servers, not the CPU, so
+# four share two cores well. TEST_PROCESSES=0 runs them in this process, one at a time.
+TEST_PROCESSES ?= 4
 ARGS ?=
 
 export PYTHONPATH := $(CURDIR)
@@ -18,7 +22,7 @@ help:
 	@echo "make demo      run the whole platform (Redis, SQLite, API, two workers, scheduler) in one terminal"
 	@echo "make test      lint and every test (SQLite, and PostgreSQL where it answers)"
 	@echo "make install | up | down | migrate | api | scheduler | lint | bench"
-	@echo "make worker [QUEUES=high] [NAME=w1] [MODE=fork|simple] [PROCESSES=4]"
+	@echo "make worker [QUEUES=high] [NAME=w1] [MODE=fork|simple] [HORSE_JOBS=100] [PROCESSES=4]"
 	@echo "make reconcile | prune   repair rows against RQ | delete finished rows past LANES_RETENTION_DAYS"
 	@echo "make admin ARGS='create-tenant NAME --plan pro'   tenants and API keys (python -m backend.admin --help)"
 
@@ -44,7 +48,7 @@ api: $(STAMP) migrate
 	$(BIN)/python -m backend.serve
 
 worker: $(STAMP)
-	$(BIN)/python -m worker $(QUEUES) $(if $(NAME),--name $(NAME)) $(if $(MODE),--mode $(MODE)) $(if $(PROCESSES),--processes $(PROCESSES))
+	$(BIN)/python -m worker $(QUEUES) $(if $(NAME),--name $(NAME)) $(if $(MODE),--mode $(MODE)) $(if $(HORSE_JOBS),--horse-jobs $(HORSE_JOBS)) $(if $(PROCESSES),--processes $(PROCESSES))
 
 scheduler: $(STAMP) migrate
 	$(BIN)/python -m scheduler $(if $(NAME),--name $(NAME))
@@ -65,7 +69,7 @@ browser:
 	sh scripts/ensure_chromium.sh
 
 test: $(STAMP) lint browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not integration" $(PYTEST_ARGS)

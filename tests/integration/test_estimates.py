@@ -17,7 +17,7 @@ from tests.integration.support import row, stamp, submit
 
 pytestmark = pytest.mark.integration
 
-JOB_S = 0.6  # every job of the story sleeps this long: a uniform workload
+JOB_S = 1.0  # every job of the story sleeps this long: a uniform workload
 
 
 def run_all(api: TestClient, ids: list[str]) -> dict[str, dict[str, object]]:
@@ -52,9 +52,15 @@ def test_a_backlog_behind_two_busy_workers_is_estimated_in_the_order_it_runs_and
     # Two jobs keep both workers busy; behind them wait low jobs, then normal, then high ones.
     busy = [submit(live_api, "demo.sleep", params)["id"] for _ in range(2)]
     wait_for(lambda: all(row(live_api, job_id)["status"] == "started" for job_id in busy), timeout_s=10)
-    waiting: list[str] = []
-    for priority in ("low", "normal", "high"):
-        waiting += [submit(live_api, "demo.sleep", params, priority=priority)["id"] for _ in range(3)]
+    # In one request: the busy jobs must still be running when the estimates are asked for.
+    batch = [
+        {"task": "demo.sleep", "params": params, "priority": p}
+        for p in ("low", "normal", "high")
+        for _ in range(3)
+    ]
+    response = live_api.post("/api/v1/jobs/batch", json={"jobs": batch})
+    assert response.status_code == 202, response.text
+    waiting: list[str] = [job["id"] for job in response.json()["jobs"]]
     asked_at, found = estimate_all(session, redis, waiting)
 
     assert set(found) == set(waiting), "every job behind the busy workers is waiting and estimated"
