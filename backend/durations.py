@@ -3,7 +3,7 @@
 A run time is `finished_at - started_at` of a `succeeded` row: the task's own work, as the worker
 saw it. Each average covers the last `SAMPLE_SIZE` such rows of a task (newest created first, on
 the `(task, created_at)` index), of a queue, or of every task (newest finished first, on the
-`(status, finished_at)` index), so its cost is bounded however long the history.
+`(status, finished_at, …)` index), so its cost is bounded however long the history.
 """
 
 from __future__ import annotations

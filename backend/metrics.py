@@ -142,10 +142,7 @@ class Tally:
     def queue_on(self, pipe: Pipeline) -> None:
         """Add everything to the shared hash within `pipe`: a caller's transaction, so the counts land
         with the work they count. The tally is kept, for a transaction that is built again."""
-        for field, amount in self.ints.items():
-            pipe.hincrby(COUNTERS_KEY, field, amount)
-        for field, total in self.floats.items():
-            pipe.hincrbyfloat(COUNTERS_KEY, field, total)
+        _add(pipe, self.ints, self.floats)
 
     def send(self, redis: Redis) -> None:
         """Add everything to the shared hash and start again from nothing; never raises."""
@@ -156,10 +153,7 @@ class Tally:
             return
         try:
             with redis.pipeline(transaction=False) as pipe:
-                for field, amount in ints.items():
-                    pipe.hincrby(COUNTERS_KEY, field, amount)
-                for field, total in floats.items():
-                    pipe.hincrbyfloat(COUNTERS_KEY, field, total)
+                _add(pipe, ints, floats)
                 pipe.execute()
         except (StopRequested, BaseTimeoutException):
             raise  # a worker's stop request or a job's timeout, raised from a signal handler mid-call
@@ -167,6 +161,14 @@ class Tally:
             if time.monotonic() - _last_log >= _LOG_EVERY_S:
                 _last_log = time.monotonic()
                 log.warning("metrics not counted (%s: %s)", type(exc).__name__, exc)
+
+
+def _add(pipe: Pipeline, ints: dict[str, int], floats: dict[str, float]) -> None:
+    """One `HINCRBY` (or `HINCRBYFLOAT`) of the shared hash a field, queued on `pipe`."""
+    for field, amount in ints.items():
+        pipe.hincrby(COUNTERS_KEY, field, amount)
+    for field, total in floats.items():
+        pipe.hincrbyfloat(COUNTERS_KEY, field, total)
 
 
 def _field(name: str, labels: dict[str, str]) -> str:

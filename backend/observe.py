@@ -142,7 +142,7 @@ def _throughput(
     session: Session, tenant_id: str | None, since: datetime, now: datetime, bucket_s: int
 ) -> Select[Any]:
     """(queue, status, bucket, jobs) of the jobs that ended in the window, `bucket` from 0."""
-    seconds = _seconds(session, JobRow.finished_at, _sql_time(session, since))
+    seconds = _seconds(session, JobRow.finished_at, literal(since, UTCDateTime()))
     if session.get_bind().dialect.name == "postgresql":
         bucket: Any = func.floor(seconds / bucket_s)
     else:
@@ -161,7 +161,7 @@ def _newest_finished(
     """(queue, seconds from `since` to its end, wait_s, run_s) of the newest `STATS_SAMPLE` jobs
     that ended in the window: the newest of each status (an index walk each, newest first), then
     merged. The database works out the spans, so no timestamp is parsed here."""
-    ended = _seconds(session, JobRow.finished_at, _sql_time(session, since))
+    ended = _seconds(session, JobRow.finished_at, literal(since, UTCDateTime()))
     wait = _seconds(session, JobRow.started_at, JobRow.enqueued_at)
     run = _seconds(session, JobRow.finished_at, JobRow.started_at)
     found: list[tuple[str, float, float | None, float | None]] = []
@@ -175,13 +175,6 @@ def _newest_finished(
         found += [tuple(row) for row in session.execute(_in_window(query, tenant_id, since, now))]
     found.sort(key=lambda row: row[1], reverse=True)
     return found[:STATS_SAMPLE]
-
-
-def _sql_time(session: Session, value: datetime) -> Any:
-    """`value` as the database compares it with a stored timestamp."""
-    if session.get_bind().dialect.name == "postgresql":
-        return literal(value, UTCDateTime())
-    return literal(value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" "))
 
 
 def workers(redis: Redis, *, now: datetime | None = None) -> list[dict[str, Any]]:

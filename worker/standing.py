@@ -54,7 +54,7 @@ from rq.timeouts import UnixSignalDeathPenalty
 from rq.worker.base import logger as rq_worker_logger
 
 from backend.queues import queue_for
-from worker.worker import REPORT_MAX_BYTES, LanesBase, LanesWorker, _is_delivery
+from worker.worker import REPORT_MAX_BYTES, LanesBase, LanesWorker, _is_delivery, success_report
 
 log = logging.getLogger(__name__)
 
@@ -394,8 +394,7 @@ class StandingHorseWorker(LanesWorker):
 
     def _record_success(self, job: Job, attempt: int, result: Any) -> None:
         if self.is_horse:
-            ended_at = job.ended_at.isoformat() if job.ended_at else None
-            success = json.dumps({"attempt": attempt, "result": result, "ended_at": ended_at})
+            success = json.dumps(success_report(job, attempt, result))
             if len(success) <= REPORT_MAX_BYTES:
                 self._success = ", " + success[1:-1]  # its fields, added to the report's
                 return

@@ -457,9 +457,7 @@ class LanesWorker(LanesBase, Worker):
 
     def _record_success(self, job: Job, attempt: int, result: Any) -> None:
         if self.is_horse and self._report_write >= 0:
-            ended_at = job.ended_at.isoformat() if job.ended_at else None
-            report = json.dumps({"id": job.id, "attempt": attempt, "result": result, "ended_at": ended_at})
-            data = report.encode()
+            data = json.dumps({"id": job.id, **success_report(job, attempt, result)}).encode()
             if len(data) <= REPORT_MAX_BYTES:  # fits in an empty pipe: the write cannot block
                 try:
                     os.write(self._report_write, data)
@@ -736,6 +734,15 @@ def _still_running(pid: int) -> bool:
     except ChildProcessError:
         return False
     return done == 0
+
+
+def success_report(job: Job, attempt: int, result: Any) -> dict[str, Any]:
+    """What a work-horse reports of a success for the worker to write: `_apply_report` reads it."""
+    return {
+        "attempt": attempt,
+        "result": result,
+        "ended_at": job.ended_at.isoformat() if job.ended_at else None,
+    }
 
 
 def _is_delivery(job: Job) -> bool:

@@ -73,10 +73,6 @@ async def get_tasks(context: ContextDep) -> TaskRegistry:
     return context.tasks
 
 
-async def get_rate_limits(context: ContextDep) -> RateLimits:
-    return context.rate_limits
-
-
 async def get_now(context: ContextDep) -> datetime:
     return context.clock()
 
@@ -85,6 +81,5 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 TasksDep = Annotated[TaskRegistry, Depends(get_tasks)]
-RateLimitsDep = Annotated[RateLimits, Depends(get_rate_limits)]
 #: The request's moment, from the app's clock: what quotas count by.
 NowDep = Annotated[datetime, Depends(get_now)]

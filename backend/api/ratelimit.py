@@ -22,7 +22,9 @@ Why not slowapi's decorator: it runs inside the handler, after FastAPI has solve
 dependencies, so it cannot count a request whose key fails; its `X-RateLimit-Reset` is a Unix
 time, not the seconds the API promises; and it would ask every handler for `request` and
 `response` parameters. So slowapi's `Limiter` is built here (storage, strategy, key prefix) and
-asked from one dependency; the headers go on in one small middleware.
+asked from one dependency; the headers go on in one small middleware. A call is counted and its
+window read in one script (`HIT_AND_LOOK`) on the limiter's own keys and list layout, where
+`limits` takes two round trips.
 
 When Redis cannot be asked, the API answers anyway (fail open): the call is let through without
 headers, logged at most once a minute, and counted in `RateLimits.failed_open`.
