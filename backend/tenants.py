@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -38,6 +38,14 @@ _NO_KEY_DIGEST = hashlib.sha256(b"no such key").hexdigest()
 #: A key's `last_used_at` is written again only once it is this old: stamping it at every call was a
 #: write transaction per request, which on SQLite also serialised the API's requests.
 LAST_USED_RESOLUTION_S = 60
+
+#: A key and its tenant by the key's prefix, built once: building the join and its WHERE at every
+#: call took a third of `verify_key_and_tenant` (about 300 to 190 µs of CPU a call on SQLite).
+_KEY_AND_TENANT = (
+    select(ApiKeyRow, TenantRow)
+    .outerjoin(TenantRow, TenantRow.id == ApiKeyRow.tenant_id)
+    .where(ApiKeyRow.prefix == bindparam("prefix"))
+)
 
 
 class Unchanged:
@@ -171,11 +179,7 @@ def verify_key_and_tenant(*, session: Session, key: str) -> tuple[ApiKeyRow, Ten
     match = KEY_PATTERN.fullmatch(key)
     found = None
     if match:
-        found = session.execute(
-            select(ApiKeyRow, TenantRow)
-            .outerjoin(TenantRow, TenantRow.id == ApiKeyRow.tenant_id)
-            .where(ApiKeyRow.prefix == match.group(1))
-        ).first()
+        found = session.execute(_KEY_AND_TENANT, {"prefix": match.group(1)}).first()
     row, tenant = found if found is not None else (None, None)
     expected = row.secret_hash if row is not None else _NO_KEY_DIGEST
     if not hmac.compare_digest(digest(key), expected) or row is None or row.revoked_at is not None:

@@ -16,6 +16,12 @@ from backend.tasks import TaskRegistry, progress, registry
 from backend.tasks import reporting as progress_module
 
 
+@pytest.fixture(autouse=True)
+def demo_tasks() -> None:
+    """The built-in demo tasks, whichever tests ran before (these read them from the registry)."""
+    registry.load_modules([])
+
+
 def test_backoff_waits_double_with_bounded_jitter_and_respect_the_cap() -> None:
     for seed in range(50):
         waits = backoff_intervals(6, base_s=120, cap_s=3600, rng=random.Random(seed))
@@ -71,6 +77,14 @@ def test_params_are_validated_by_the_task_model() -> None:
     with pytest.raises(InvalidInput) as caught:
         sleep.validate({"seconds": 99999})
     assert caught.value.code == "invalid_params"
+
+
+def test_a_tasks_params_schema_is_the_models_and_each_caller_gets_its_own_copy() -> None:
+    sleep = registry.get("demo.sleep")
+    first = sleep.params_schema()
+    assert first == sleep.params_model.model_json_schema()
+    first["properties"]["seconds"]["type"] = "changed by a caller"
+    assert sleep.params_schema()["properties"]["seconds"]["type"] == "number"
 
 
 def test_progress_is_clamped_and_reaches_the_installed_sink() -> None:
