@@ -1,7 +1,10 @@
-"""`python -m bench [--quick] [--rounds N] [--only NAME ...]`: run the benchmarks, print the table.
+"""`python -m bench [--quick] [--rounds N] [--only NAME ...] [--database postgresql]`: run the
+benchmarks, print the table.
 
 Each benchmark runs Lanes and bare RQ on the same private redis-server and prints the medians
-and their ratio (Lanes / bare RQ), beside issue 11's floor where it sets one. The same figures,
+and their ratio (Lanes / bare RQ), beside issue 11's floor where it sets one. Lanes' database is
+a SQLite file of the run's, or with `--database postgresql` a fresh database on the `--postgres`
+server (the scale benchmark measures both databases either way). The same figures,
 every round included, go to `bench/results/latest.json`, and as a markdown table for the README to
 `bench/results/latest.md`. Ctrl-C or SIGTERM stops every process the run started.
 """
@@ -49,6 +52,8 @@ class Sizes:
     scale_rows: int
     scale_samples: int
     scale_postgres: str | None = scale.DEFAULT_POSTGRES
+    #: The PostgreSQL server Lanes' database is made on; None: a SQLite file.
+    postgres: str | None = None
 
 
 FULL = Sizes(
@@ -85,6 +90,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"(default {scale.DEFAULT_POSTGRES})",
     )
     parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="Lanes' database in every benchmark but scale: a SQLite file (default) or a fresh "
+        "PostgreSQL database on the --postgres server",
+    )
+    parser.add_argument(
+        "--postgres",
+        default=scale.DEFAULT_POSTGRES,
+        help=f"the PostgreSQL server for --database postgresql (default {scale.DEFAULT_POSTGRES})",
+    )
+    parser.add_argument(
         "--json", type=Path, default=LATEST_JSON, help=f"where to write (default {LATEST_JSON})"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp directory (logs, database)")
@@ -115,13 +132,15 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         scale_rows=args.scale_rows or base.scale_rows,
         scale_samples=args.scale_samples or base.scale_samples,
         scale_postgres=None if args.scale_postgres.lower() == "none" else args.scale_postgres,
+        postgres=args.postgres if args.database == "postgresql" else None,
     )
 
 
 def run(sizes: Sizes, only: list[str], *, keep: bool) -> list[Comparison]:
     rows: list[Comparison] = []
-    with BenchEnv(keep=keep) as env:
-        say(f"private redis-server at {env.redis_url}, SQLite at {env.database_path}")
+    with BenchEnv(keep=keep, postgres_url=sizes.postgres) as env:
+        database = "PostgreSQL" if sizes.postgres else f"SQLite at {env.database_path}"
+        say(f"private redis-server at {env.redis_url}, {database}")
         if "submit" in only:
             say(f"submit: {sizes.rounds} round(s) of {sizes.http_jobs} jobs, {sizes.concurrency} in flight")
             rows += submit.run(
@@ -191,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = sizes_from(args)
     only = args.only or list(BENCHMARKS)
     signal.signal(signal.SIGTERM, _terminate)  # SIGTERM cleans up as Ctrl-C does
-    env_info = environment()
+    env_info = {**environment(), "database": args.database}
     started = time.monotonic()
     try:
         rows = run(sizes, only, keep=args.keep)

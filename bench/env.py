@@ -1,4 +1,7 @@
-"""A private world for one benchmark run: its own redis-server, SQLite file and child processes.
+"""A private world for one benchmark run: its own redis-server, database and child processes.
+
+The database is a SQLite file in the run's temp directory, or with `postgres_url` a fresh
+PostgreSQL database on that server, dropped at the end (`postgres_database`).
 
 `BenchEnv` is a context manager. Everything it starts is stopped when the block ends, whether it
 ends normally, by an exception, or by Ctrl-C / SIGTERM (see `bench.__main__`). Child processes run
@@ -16,13 +19,16 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
 from redis import Redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from backend import tenants
 from backend.db import make_engine, make_sessionmaker
@@ -98,22 +104,55 @@ class Child:
             self.process.wait()
 
 
-class BenchEnv:
-    """A temp directory holding a private redis-server and a migrated SQLite database."""
+@contextmanager
+def postgres_database(server_url: str) -> Iterator[str | None]:
+    """A fresh database on the server at `server_url`, dropped on exit; None if the server is away."""
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    try:
+        with admin.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        say(f"PostgreSQL does not answer at {server_url} ({type(exc).__name__})")
+        admin.dispose()
+        yield None
+        return
+    name = f"lanes_bench_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    say(f"PostgreSQL database {name} made for this run")
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+        say(f"PostgreSQL database {name} dropped")
 
-    def __init__(self, *, keep: bool = False):
+
+class BenchEnv:
+    """A temp directory holding a private redis-server, and a migrated database: a SQLite file
+    there, or a fresh PostgreSQL database on the server at `postgres_url`."""
+
+    def __init__(self, *, keep: bool = False, postgres_url: str | None = None):
         self.keep = keep
+        self.postgres_url = postgres_url
         self.directory = Path(tempfile.mkdtemp(prefix="lanes-bench-"))
         self.redis_server = RedisServer(self.directory / "redis")
         self.database_path = self.directory / "lanes.db"
         self.children: list[Child] = []
         self._clients: list[Redis] = []
         self._api_key: str | None = None
+        self._postgres: str | None = None
+        self._stack = ExitStack()
 
     # -- set-up and tear-down ------------------------------------------------------------------
 
     def __enter__(self) -> BenchEnv:
         try:
+            if self.postgres_url is not None:
+                self._postgres = self._stack.enter_context(postgres_database(self.postgres_url))
+                if self._postgres is None:
+                    raise BenchError(f"no PostgreSQL server answers at {self.postgres_url}")
             self.redis_server.start()
             upgrade(self.database_url, quiet=True)
         except BaseException:
@@ -134,6 +173,7 @@ class BenchEnv:
             for client in self._clients:
                 client.close()
             self.redis_server.stop()
+            self._stack.close()  # the PostgreSQL database, if any
             if not self.keep:
                 shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -145,7 +185,12 @@ class BenchEnv:
 
     @property
     def database_url(self) -> str:
-        return f"sqlite:///{self.database_path}"
+        return self._postgres or f"sqlite:///{self.database_path}"
+
+    @property
+    def database(self) -> str:
+        """Which database the run uses: `sqlite` or `postgresql`."""
+        return "postgresql" if self.postgres_url is not None else "sqlite"
 
     def api_headers(self) -> dict[str, str]:
         """An API key of a `bench` tenant (unlimited plan), made once, as request headers."""
@@ -192,3 +237,7 @@ class BenchEnv:
         child = Child(name, process, log_path)
         self.children.append(child)
         return child
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)

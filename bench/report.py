@@ -168,9 +168,13 @@ def environment() -> dict[str, Any]:
 
 
 def environment_line(env: dict[str, Any]) -> str:
+    database = {"sqlite": ", Lanes on SQLite", "postgresql": ", Lanes on PostgreSQL"}.get(
+        env.get("database", ""), ""
+    )
     return (
         f"{env['cores']} cores, Python {env['python']}, rq {env['rq']}, "
         f"redis-py {env['redis_py']}, {env['platform']}, load {env['load_average_1m_at_start']} at start"
+        f"{database}"
     )
 
 

@@ -30,9 +30,8 @@ import random
 import statistics
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from itertools import cycle
 from typing import Any
@@ -41,8 +40,7 @@ from fastapi.testclient import TestClient
 from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
-from sqlalchemy import Engine, create_engine, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, select, text
 
 from backend import observe, pages, tenants
 from backend.config import Settings
@@ -53,7 +51,7 @@ from backend.main import create_app
 from backend.migrate import upgrade
 from backend.models import JobRow
 from bench import scale_data
-from bench.env import BenchEnv, BenchError
+from bench.env import BenchEnv, BenchError, postgres_database
 from bench.report import Comparison, Floor
 
 TARGET_MS = 50.0
@@ -167,31 +165,6 @@ def _database(name: str, url: str, settings: Settings) -> Database:
         big = tenants.get_tenant(session=session, name_or_id=scale_data.BIG_TENANT)
         database.keys["member"] = tenants.create_key(session=session, tenant=big, role=Role.MEMBER).secret
     return database
-
-
-@contextmanager
-def postgres_database(server_url: str) -> Iterator[str | None]:
-    """A fresh database on the server at `server_url`, dropped on exit; None if the server is away."""
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
-    try:
-        with admin.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception as exc:
-        say(f"PostgreSQL does not answer at {server_url} ({type(exc).__name__}): SQLite only")
-        admin.dispose()
-        yield None
-        return
-    name = f"lanes_scale_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    say(f"PostgreSQL database {name} made for this run")
-    try:
-        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-        say(f"PostgreSQL database {name} dropped")
 
 
 def _vacuum_analyze(engine: Engine) -> None:

@@ -5,7 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.report import Comparison, Floor, apply_floors, markdown, write_json, write_markdown
+from bench.__main__ import parse_args, sizes_from
+from bench.report import (
+    Comparison,
+    Floor,
+    apply_floors,
+    environment_line,
+    markdown,
+    write_json,
+    write_markdown,
+)
 
 ENV = {
     "cores": 2,
@@ -53,6 +62,16 @@ def test_the_markdown_table_has_every_figure_of_the_printed_one_and_how_it_was_m
     assert "| Redis commands per submit (commands) | 9.0 | 6.0 | 1.50x |  |  |" in lines
     assert lines[-1].startswith("2 cores, Python 3.11.7, rq 3.0.0")
     assert "median of 3 round(s)" in lines[-1] and "`python -m bench --quick`" in lines[-1]
+
+
+def test_a_run_says_which_database_lanes_used_and_takes_postgresql_on_request() -> None:
+    assert environment_line({**ENV, "database": "postgresql"}).endswith(
+        "load 0.5 at start, Lanes on PostgreSQL"
+    )
+    assert environment_line({**ENV, "database": "sqlite"}).endswith("Lanes on SQLite")
+    assert sizes_from(parse_args([])).postgres is None
+    server = "postgresql+psycopg://someone@db.example:5432/postgres"
+    assert sizes_from(parse_args(["--database", "postgresql", "--postgres", server])).postgres == server
 
 
 def test_the_markdown_and_the_json_are_written_side_by_side(tmp_path: Path) -> None:
