@@ -123,14 +123,16 @@ class Move:
 def advance_all(session: Session, moves: Sequence[Move]) -> None:
     """Apply `moves`, each job's in its order; moves of the same columns go in one `executemany`.
 
-    The moves are taken in waves, the first move of every job, then the second, and so on, so that
-    a job's `started` lands before its `succeeded` while every job's `started` shares one
-    statement. When a group's rows did not all move (a row to create, or a write that came late),
-    its moves are applied again one by one: a row that moved does not move twice.
+    A job's moves that climb one after the other (`started`, then `succeeded`, of one attempt)
+    become one UPDATE (`coalesce`). The rest are taken in waves, the first move of every job, then
+    the second, and so on, so that a job's `started` lands before its `succeeded` while every job's
+    `started` shares one statement. When a group's rows did not all move (a row to create, or a
+    write that came late), its moves are applied again one by one: a row that moved does not move
+    twice.
     """
     waves: list[list[Move]] = []
     taken: dict[str, int] = {}
-    for move in moves:
+    for move in coalesce(moves):
         index = taken.get(move.job_id, 0)
         taken[move.job_id] = index + 1
         if index == len(waves):
@@ -150,6 +152,43 @@ def advance_all(session: Session, moves: Sequence[Move]) -> None:
                     continue
             for move in group:
                 move.apply(session)
+
+
+def coalesce(moves: Sequence[Move]) -> list[Move]:
+    """`moves` with each run of one job's moves that climb folded into one move: the last one's
+    status and position, every move's values (a later one's win), the first `create`.
+
+    Applied one by one, a climbing run leaves the row as the folded move does: both apply to a row
+    behind the run's first move, and neither to a row at or past its last. (Only a row already
+    between the two, which no writer of a job's own run makes, gets the first move's columns too.)
+    A move does not fold onto a final status, which ends its epoch, nor onto another epoch's.
+    """
+    folded: list[Move] = []
+    latest: dict[str, int] = {}  # job id -> its latest move's index in `folded`
+    for move in moves:
+        index = latest.get(move.job_id)
+        if index is not None and _climbs(folded[index], move):
+            earlier = folded[index]
+            folded[index] = Move(
+                job_id=move.job_id,
+                status=move.status,
+                attempt=move.attempt,
+                epoch=move.epoch,
+                values={**(earlier.values or {}), **(move.values or {})},
+                create=earlier.create or move.create,
+            )
+        else:
+            latest[move.job_id] = len(folded)
+            folded.append(move)
+    return folded
+
+
+def _climbs(earlier: Move, later: Move) -> bool:
+    return (
+        later.epoch == earlier.epoch
+        and earlier.status not in TERMINAL_STATUSES
+        and (later.attempt, STATUS_RANK[later.status]) > (earlier.attempt, STATUS_RANK[earlier.status])
+    )
 
 
 def _parameters(

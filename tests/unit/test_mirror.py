@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import random
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import fakeredis
 import pytest
 from rq.exceptions import StopRequested
 from rq.timeouts import JobTimeoutException
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from backend import mirror
-from backend.enums import JobStatus
+from backend.enums import STATUS_RANK, TERMINAL_STATUSES, JobStatus
 from backend.models import JobRow
 from backend.queues import MIRROR_PENDING_KEY, queue_for
 from backend.sync import JobMirror
@@ -125,6 +128,115 @@ def test_progress_lands_only_on_the_started_row_of_the_same_attempt(session: Ses
     session.expire_all()
     row = session.get(JobRow, "j1")
     assert row is not None and (row.progress, row.stage) == (100, "halfway")
+
+
+# -- a batch of moves (the write-behind's) --------------------------------------------------------
+
+T0 = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
+#: Every column a move can write but `updated_at`, which each write stamps with its own clock.
+WRITTEN = (
+    "status", "attempts", "epoch", "started_at", "worker", "finished_at", "progress", "stage",
+    "result", "error", "traceback", "next_retry_at", "cancelled_by",
+)  # fmt: skip
+
+
+def some_move(rng: random.Random, n: int, status: JobStatus, attempt: int, epoch: int) -> mirror.Move:
+    at = T0 + timedelta(seconds=n)
+    values = {
+        JobStatus.STARTED: lambda: mirror.started_values(worker=f"w{n}", started_at=at),
+        JobStatus.RETRYING: lambda: mirror.retrying_values(error=f"e{n}", traceback=None, next_retry_at=at),
+        JobStatus.SUCCEEDED: lambda: mirror.succeeded_values(result={"n": n}, finished_at=at),
+        JobStatus.FAILED: lambda: mirror.failed_values(error=f"e{n}", traceback=f"tb{n}", finished_at=at),
+        JobStatus.CANCELLED: lambda: {"cancelled_by": f"c{n}", "finished_at": at, "error": "cancelled"},
+    }[status]()
+    if rng.random() < 0.3:
+        values["progress"] = rng.randint(0, 100)
+    return mirror.Move(job_id="j", status=status, attempt=attempt, epoch=epoch, values=values)
+
+
+def written(session: Session, job_id: str) -> tuple[object, ...]:
+    session.expire_all()
+    row = session.get(JobRow, job_id)
+    assert row is not None
+    return tuple(getattr(row, column) for column in WRITTEN)
+
+
+def test_a_batch_of_moves_leaves_each_row_as_the_moves_one_by_one_do(session: Session) -> None:
+    # Random runs of moves, in order and out of it (late, repeated, across attempts and a requeue's
+    # epoch): `advance_all` (which folds a job's climbing moves into one UPDATE) against `advance`
+    # one move at a time, on two rows that start alike.
+    statuses = [
+        JobStatus.STARTED,
+        JobStatus.RETRYING,
+        JobStatus.SUCCEEDED,
+        JobStatus.FAILED,
+        JobStatus.CANCELLED,
+    ]
+    rng = random.Random(11)
+    for case in range(150):
+        moves = [
+            some_move(rng, n, rng.choice(statuses), rng.randint(1, 3), rng.choice([0, 0, 0, 1]))
+            for n in range(rng.randint(1, 6))
+        ]
+        in_order = rng.random() < 0.5
+        if in_order:  # each move ahead of the one before, none after a final status of its epoch
+            key = lambda m: (m.epoch, m.attempt, STATUS_RANK[m.status])  # noqa: E731
+            moves = sorted({key(m): m for m in moves}.values(), key=key)
+            moves = [m for i, m in enumerate(moves) if not any(
+                e.epoch == m.epoch and e.status in TERMINAL_STATUSES for e in moves[:i]
+            )]  # fmt: skip
+        one, batch = f"one-{case}", f"batch-{case}"
+        make_row(session, one)
+        make_row(session, batch)
+        for m in moves:
+            mirror.advance(
+                session, job_id=one, status=m.status, attempt=m.attempt, epoch=m.epoch, values=m.values
+            )
+        session.commit()
+        mirror.advance_all(session, [replace(m, job_id=batch) for m in moves])
+        session.commit()
+
+        alone, together = written(session, one), written(session, batch)
+        if in_order:
+            assert together == alone, moves
+        else:  # a late `started` folded onto its attempt's end may also write that start's columns
+            skip = {WRITTEN.index("started_at"), WRITTEN.index("worker")}
+            assert [v for i, v in enumerate(together) if i not in skip] == [
+                v for i, v in enumerate(alone) if i not in skip
+            ], moves
+
+
+def test_a_jobs_start_and_end_in_one_batch_are_one_update(session: Session) -> None:
+    ids = [f"job-{n}" for n in range(20)]
+    for job_id in ids:
+        make_row(session, job_id)
+    moves = [
+        mirror.Move(job_id, JobStatus.STARTED, 1, values=mirror.started_values(worker="w1", started_at=T0))
+        for job_id in ids
+    ] + [
+        mirror.Move(
+            job_id, JobStatus.SUCCEEDED, 1, values=mirror.succeeded_values(result=job_id, finished_at=T0)
+        )
+        for job_id in ids
+    ]
+    statements: list[str] = []
+    engine = session.get_bind()
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        mirror.advance_all(session, moves)
+        session.commit()
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+
+    assert [s.split()[0] for s in statements if not s.startswith(("BEGIN", "COMMIT"))] == ["UPDATE"]
+    for job_id in ids:
+        session.expire_all()
+        row = session.get(JobRow, job_id)
+        assert row is not None
+        assert (row.status, row.worker, row.started_at, row.result, row.progress) == (
+            "succeeded", "w1", T0, job_id, 100
+        )  # fmt: skip
 
 
 def test_timestamps_come_back_timezone_aware_in_utc(session: Session) -> None:
