@@ -159,9 +159,10 @@ def coalesce(moves: Sequence[Move]) -> list[Move]:
     status and position, every move's values (a later one's win), the first `create`.
 
     Applied one by one, a climbing run leaves the row as the folded move does: both apply to a row
-    behind the run's first move, and neither to a row at or past its last. (Only a row already
-    between the two, which no writer of a job's own run makes, gets the first move's columns too.)
-    A move does not fold onto a final status, which ends its epoch, nor onto another epoch's.
+    behind the run's first move, and neither to a row at or past its last. Only a row already
+    between the two (a late `started` behind its attempt's `retrying`) also gets the first move's
+    columns, that attempt's own start. A move does not fold onto a final status, which ends its
+    epoch, nor onto another epoch's.
     """
     folded: list[Move] = []
     latest: dict[str, int] = {}  # job id -> its latest move's index in `folded`

@@ -187,11 +187,6 @@ class BenchEnv:
     def database_url(self) -> str:
         return self._postgres or f"sqlite:///{self.database_path}"
 
-    @property
-    def database(self) -> str:
-        """Which database the run uses: `sqlite` or `postgresql`."""
-        return "postgresql" if self.postgres_url is not None else "sqlite"
-
     def api_headers(self) -> dict[str, str]:
         """An API key of a `bench` tenant (unlimited plan), made once, as request headers."""
         if self._api_key is None:
