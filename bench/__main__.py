@@ -22,7 +22,7 @@ from types import FrameType
 
 from backend.job_requests import MAX_BATCH_JOBS
 from bench import commands, drain, latency, scale, scheduler, submit
-from bench.env import BenchEnv, BenchError
+from bench.env import BenchEnv, BenchError, say
 from bench.report import (
     LATEST_JSON,
     Comparison,
@@ -191,10 +191,6 @@ SCALE_BUDGET_S = 10.0
 def command_line(argv: list[str] | None) -> str:
     """The command this run was started with, as the markdown table names it."""
     return shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
-
-
-def say(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:

@@ -235,4 +235,5 @@ class BenchEnv:
 
 
 def say(message: str) -> None:
+    """A progress line of the benchmark run, on stderr (the table goes to stdout)."""
     print(f"[bench] {message}", file=sys.stderr, flush=True)

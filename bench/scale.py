@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 import random
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -51,7 +50,7 @@ from backend.main import create_app
 from backend.migrate import upgrade
 from backend.models import JobRow
 from bench import scale_data
-from bench.env import BenchEnv, BenchError, postgres_database
+from bench.env import BenchEnv, BenchError, postgres_database, say
 from bench.report import Comparison, Floor
 
 TARGET_MS = 50.0
@@ -449,7 +448,3 @@ def _short(size: int) -> str:
     if size % 1_000 == 0:
         return f"{size // 1_000}k"
     return f"{size:,}"
-
-
-def say(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)

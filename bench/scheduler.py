@@ -42,7 +42,7 @@ from backend.models import JobRow, ScheduleRow
 from backend.schedule_entries import reschedule
 from backend.schedules import create_schedule
 from backend.tasks import registry
-from bench.env import BIN, BenchEnv, BenchError, Child, wait_for
+from bench.env import BIN, BenchEnv, BenchError, Child, say, wait_for
 from bench.lanes import PARAMS, TASK, LanesClient
 from bench.report import Comparison, Floor, sides
 from bench.trivial import noop
@@ -151,10 +151,6 @@ def run(env: BenchEnv, options: SchedulerOptions) -> list[Comparison]:
     one.notes["lanes_sync_in_firing_pass"] = [pair[0] for pair in detail["lanes_sync_in_firing_pass"]]
     one.notes["warmup_1_due_ms"] = detail["warmup_1_due_ms"]
     return [one, p50, worst, whole]
-
-
-def say(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 # -- Lanes -------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Test helpers: waiting on conditions with deadlines, and real worker and scheduler processes."""
+"""Test helpers: waiting on conditions with deadlines, real worker and scheduler processes, and
+`jobs` rows built for a test."""
 
 from __future__ import annotations
 
@@ -7,14 +8,36 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+
+from backend.models import JobRow
 
 T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def job_row(**columns: Any) -> JobRow:
+    """A `jobs` row (not added to a session): a queued `demo.echo` job on `normal`, made now, with
+    `columns` over those defaults (`priority` follows `queue`, `updated_at` `created_at`)."""
+    created = columns.get("created_at") or datetime.now(UTC)
+    queue = columns.get("queue", "normal")
+    defaults: dict[str, Any] = {
+        "id": uuid.uuid4().hex,
+        "task": "demo.echo",
+        "queue": queue,
+        "priority": queue,
+        "status": "queued",
+        "params": {},
+        "created_at": created,
+        "updated_at": created,
+    }
+    return JobRow(**{**defaults, **columns})
 
 
 def wait_for(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,6 +14,7 @@ from backend import counts
 from backend.db import make_engine, make_sessionmaker
 from backend.migrate import downgrade, upgrade
 from backend.models import JobCountChangeRow, JobRow
+from tests.helpers import job_row
 
 NOW = datetime(2026, 12, 11, 12, 0, tzinfo=UTC)
 
@@ -23,22 +23,9 @@ def add_rows(session: Session, *specs: tuple[str | None, str, str]) -> list[str]
     """A row per (tenant, queue, status), committed; their ids."""
     ids = []
     for n, (tenant, queue, status) in enumerate(specs):
-        job_id = uuid.uuid4().hex
-        created = NOW + timedelta(seconds=n)
-        session.add(
-            JobRow(
-                id=job_id,
-                tenant_id=tenant,
-                task="demo.echo",
-                queue=queue,
-                priority=queue,
-                status=status,
-                params={},
-                created_at=created,
-                updated_at=created,
-            )
-        )
-        ids.append(job_id)
+        row = job_row(tenant_id=tenant, queue=queue, status=status, created_at=NOW + timedelta(seconds=n))
+        session.add(row)
+        ids.append(row.id)
     session.commit()
     return ids
 

@@ -18,14 +18,11 @@ from backend.enums import STATUS_RANK, TERMINAL_STATUSES, JobStatus
 from backend.models import JobRow
 from backend.queues import MIRROR_PENDING_KEY, queue_for
 from backend.sync import JobMirror
+from tests.helpers import job_row
 
 
 def make_row(session: Session, job_id: str = "j1") -> JobRow:
-    now = datetime.now(UTC)
-    row = JobRow(
-        id=job_id, task="demo.echo", queue="normal", priority="normal", status="queued", params={},
-        attempts=0, max_retries=3, progress=0, webhook_attempts=0, created_at=now, updated_at=now,
-    )  # fmt: skip
+    row = job_row(id=job_id, attempts=0, max_retries=3, progress=0, webhook_attempts=0)
     session.add(row)
     session.commit()
     return row

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -11,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from backend import observe
 from backend.models import JobRow
+from tests.helpers import job_row
 
 NOW = datetime(2026, 12, 2, 12, 0, 30, 250_000, tzinfo=UTC)
 
@@ -19,14 +19,10 @@ def ended_row(
     *, queue: str, status: str, finished: datetime, run_s: float = 1.0, tenant: str | None = None
 ) -> JobRow:
     started = finished - timedelta(seconds=run_s)
-    return JobRow(
-        id=uuid.uuid4().hex,
+    return job_row(
         tenant_id=tenant,
-        task="demo.echo",
         queue=queue,
-        priority=queue,
         status=status,
-        params={},
         created_at=started - timedelta(seconds=2),
         enqueued_at=started - timedelta(seconds=2),
         started_at=started,
