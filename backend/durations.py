@@ -119,8 +119,11 @@ class DurationStats:
         rows written, next job popped, work-horse forked): the median gap between consecutive jobs
         on one worker among the last `HANDOVER_SAMPLE_SIZE` succeeded rows, gaps longer than
         `HANDOVER_MAX_S` left out as idle time. A run time alone leaves this out, and for jobs of a
-        few milliseconds it is most of what each one costs."""
-        return self._cached(session, "handover", "", lambda: _handover(session))
+        few milliseconds it is most of what each one costs.
+
+        Kept for `ttl_s` even with no samples: no gaps is the steady state of workers that idle
+        between jobs, not a history yet to come, and the query reads its 200 rows at every call."""
+        return self._cached(session, "handover", "", lambda: _handover(session), keep_empty=True)
 
     def _mean(self, session: Session, query: Any) -> Mean:
         spans = [
@@ -129,9 +132,11 @@ class DurationStats:
         ]
         return Mean(max(0.0, sum(spans) / len(spans)) if spans else None, len(spans))
 
-    def _cached(self, session: Session, kind: str, name: str, compute: Callable[[], Mean]) -> Mean:
+    def _cached(
+        self, session: Session, kind: str, name: str, compute: Callable[[], Mean], *, keep_empty: bool = False
+    ) -> Mean:
         hit = self._hit(session, kind, name)
-        return hit if hit is not None else self._keep(session, kind, name, compute())
+        return hit if hit is not None else self._keep(session, kind, name, compute(), keep_empty=keep_empty)
 
     def _hit(self, session: Session, kind: str, name: str) -> Mean | None:
         """The cached average, if it is younger than `ttl_s`."""
@@ -139,8 +144,8 @@ class DurationStats:
             hit = self._cache.get((str(session.get_bind().engine.url), kind, name))
         return hit[1] if hit is not None and self.clock() - hit[0] < self.ttl_s else None
 
-    def _keep(self, session: Session, kind: str, name: str, mean: Mean) -> Mean:
-        if not mean.samples:  # no history yet: ask again next time rather than for `ttl_s`
+    def _keep(self, session: Session, kind: str, name: str, mean: Mean, *, keep_empty: bool = False) -> Mean:
+        if not mean.samples and not keep_empty:  # no history yet: ask again next time rather than for `ttl_s`
             return mean
         with self._lock:
             if len(self._cache) >= STATS_MAX_ENTRIES:

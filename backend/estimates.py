@@ -196,7 +196,8 @@ class _Planner:
             self._means.update({(kind, name): mean for name, mean in means.items()})
 
     def _memo(self, key: tuple[str, str], fetch: Callable[[], Mean]) -> Mean:
-        """An average asked for once per call (`stats` keeps no empty ones between calls)."""
+        """An average asked for once per call (`stats` keeps an empty task or queue average only
+        for the call)."""
         if key not in self._means:
             self._means[key] = fetch()
         return self._means[key]

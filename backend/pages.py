@@ -9,20 +9,20 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import Select, or_
 from sqlalchemy.orm import Session
 
 from backend.errors import InvalidInput
 
-Row = TypeVar("Row")
-
 
 def page(
-    session: Session, query: Select[Row], model: Any, *, limit: int, cursor: str | None
-) -> tuple[list[Row], str | None]:
-    """One page of `limit` rows of `query` (newest first) and the cursor of the next, or None."""
+    session: Session, query: Select[Any], model: Any, *, limit: int, cursor: str | None, scalars: bool = True
+) -> tuple[list[Any], str | None]:
+    """One page of `limit` rows of `query` (newest first) and the cursor of the next, or None:
+    the ORM objects of a `select(Model)`, or with `scalars=False` the plain rows of a select of
+    columns (which must include `created_at` and `id`)."""
     if cursor is not None:
         created_at, row_id = decode_cursor(cursor)
         # `created_at <= :at` is a range both planners start the index scan from; the OR only
@@ -31,7 +31,7 @@ def page(
             model.created_at <= created_at, or_(model.created_at < created_at, model.id < row_id)
         )
     query = query.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)
-    rows = list(session.scalars(query))
+    rows = list(session.scalars(query)) if scalars else list(session.execute(query).all())
     next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return rows[:limit], next_cursor
 

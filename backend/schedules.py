@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from redis import Redis
-from sqlalchemy import or_, select, update
+from sqlalchemy import Row, or_, select, update
 from sqlalchemy.orm import Session
 
 from backend import jobs, pages
@@ -240,11 +240,12 @@ def last_jobs(*, session: Session, schedule_ids: list[str]) -> dict[str, JobRow]
 
 def list_schedule_jobs(
     *, session: Session, schedule_id: str, limit: int, cursor: str | None = None, tenant_id: str | None = None
-) -> tuple[list[JobRow], str | None]:
-    """The jobs a schedule has fired, newest first, a page at a time; `NotFound` for no schedule."""
+) -> tuple[list[Row[Any]], str | None]:
+    """The jobs a schedule has fired, newest first, a page at a time (plain rows, as
+    `jobs.list_jobs` gives); `NotFound` for no schedule."""
     get_schedule(session=session, schedule_id=schedule_id, tenant_id=tenant_id)
-    query = select(JobRow).where(JobRow.schedule_id == schedule_id)
-    return pages.page(session, query, JobRow, limit=limit, cursor=cursor)
+    query = select(*jobs.LISTED).where(JobRow.schedule_id == schedule_id)
+    return pages.page(session, query, JobRow, limit=limit, cursor=cursor, scalars=False)
 
 
 def _validated_job(

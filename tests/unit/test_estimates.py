@@ -152,6 +152,23 @@ def test_a_page_of_jobs_deep_in_long_queues_is_read_between_two_scans_and_the_st
     assert found.indexes == [5500, 5490, None, 1500, 4000, 3900, 2500, 1200, 1500, 10]
 
 
+def test_a_page_of_many_jobs_of_one_queue_is_found_from_its_two_ends_read_whole(
+    fake_redis: fakeredis.FakeRedis,
+) -> None:
+    assert workload.ENDS_READ_MIN <= 20
+    enqueue(fake_redis, "normal", *[f"n{n}" for n in range(3500)])
+    enqueue(fake_redis, "high", *[f"h{n}" for n in range(30)])  # shorter than an end: both reads overlap
+    near_tail = [f"n{n}" for n in range(3499, 3484, -1)]
+    asked = [(job_id, "normal") for job_id in [*near_tail, "n2600", "n2000", "gone", "n999", "n0"]]
+    asked += [(f"h{n}", "high") for n in range(29, -1, -1)]
+    asked += [("l1", "low")]  # a queue asked about once: looked up by LPOS, and not there
+
+    found = workload.read_workload(fake_redis, asked)
+
+    assert found.indexes == [*range(3499, 3484, -1), 2600, 2000, None, 999, 0, *range(29, -1, -1), None]
+    assert found.depths == {"high": 30, "normal": 3500, "low": 0}
+
+
 def test_every_job_in_a_higher_queue_is_ahead_and_none_in_a_lower_one(
     session: Session, fake_redis: fakeredis.FakeRedis, stats: DurationStats
 ) -> None:
@@ -392,6 +409,23 @@ def test_averages_are_reused_until_their_time_to_live_runs_out(
     assert stats.task_mean(session, "demo.sleep").mean_s == pytest.approx(2.0)
     clock[0] = 5.0
     assert stats.task_mean(session, "demo.sleep").mean_s == pytest.approx(3.0)
+
+
+def test_a_task_with_no_history_is_asked_again_at_once_but_no_hand_over_is_kept_like_any_average(
+    session: Session,
+) -> None:
+    clock = [0.0]
+    stats = DurationStats(ttl_s=5.0, clock=lambda: clock[0])
+    assert stats.task_mean(session, "demo.sleep").samples == 0
+    assert stats.handover(session).samples == 0  # workers that idle between jobs: the usual case
+
+    for offset_s in (0.0, 1.2, 2.4):  # then w1 runs three 1 s jobs, 0.2 s apart
+        add_row(session, run_s=1.0, created_at=NOW - timedelta(seconds=10 - offset_s), worker="w1")
+    clock[0] = 4.9
+    assert stats.task_mean(session, "demo.sleep").samples == 3  # a new task's first runs count at once
+    assert stats.handover(session).samples == 0
+    clock[0] = 5.0
+    assert stats.handover(session).samples == 2
 
 
 def test_several_tasks_averages_are_read_in_one_statement_and_agree_with_one_at_a_time(
