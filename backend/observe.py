@@ -19,7 +19,7 @@ from typing import Any
 
 from redis import Redis
 from rq.worker import Worker
-from sqlalchemy import Integer, Select, cast, extract, func, literal, select
+from sqlalchemy import Integer, Select, cast, func, literal, select
 from sqlalchemy.orm import Session
 
 from backend import counts
@@ -133,7 +133,9 @@ def _in_window(query: Any, tenant_id: str | None, since: datetime, now: datetime
 def _seconds(session: Session, later: Any, earlier: Any) -> Any:
     """`later − earlier` in seconds, computed by the database (no timestamps parsed here)."""
     if session.get_bind().dialect.name == "postgresql":
-        return extract("epoch", later - earlier)
+        # date_part() is double precision; EXTRACT() is numeric, and over a day's 30,000 ended
+        # jobs its arithmetic doubled the time of the throughput query.
+        return func.date_part("epoch", later - earlier)
     # SQLite keeps naive UTC text, which julianday() reads to the millisecond.
     return (func.julianday(later) - func.julianday(earlier)) * 86_400.0
 
