@@ -42,8 +42,16 @@ from backend.workload import LiveWorker, Workload, read_workload
 
 log = logging.getLogger(__name__)
 
-#: Row statuses worth asking about: a `retrying` job whose wait is over is back on its queue.
-WAITING_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.RETRYING})
+
+def may_wait_in_queue(row: Any, now: datetime) -> bool:
+    """Whether `row`'s job may be on its queue now: queued, or retrying with its wait over.
+
+    A job still waiting out its back-off is in RQ's scheduled registry, and asking where it stands
+    in its queue would cost Redis a scan of the whole list to find nothing."""
+    if row.status == JobStatus.QUEUED:
+        return True
+    return row.status == JobStatus.RETRYING and (row.next_retry_at is None or row.next_retry_at <= now)
+
 
 SIMULATE_MAX_JOBS = 2_000  # jobs ahead played out one by one; the rest are spread evenly
 
@@ -117,7 +125,8 @@ def estimates_for_many(
     """Estimates of the jobs that wait in their queues, by job id; the others are left out.
 
     Costs two or three Redis round trips (`backend.workload`), one SQL query for the running jobs,
-    and one per task or queue whose average is not cached. Pass only rows in `WAITING_STATUSES`.
+    and one per task or queue whose average is not cached. Pass only rows that
+    `may_wait_in_queue`: each one not in its queue costs a scan of the whole list.
     """
     jobs = [job for job in jobs if job.queue]
     if not jobs:

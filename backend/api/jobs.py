@@ -20,6 +20,7 @@ from backend.api.deps import ContextDep, RedisDep, SessionDep, SettingsDep
 from backend.api.errors import validation_code
 from backend.api.ratelimit import LimitName, route_limit
 from backend.config import Settings
+from backend.db import utcnow
 from backend.enums import JobStatus, Priority
 from backend.errors import InvalidInput, NotFound
 from backend.job_requests import JobRequest
@@ -212,7 +213,8 @@ def with_estimates(session: Session, redis: Redis, rows: Sequence[JobRow | Row[A
 
     Each is validated from a dict of its columns (`jobs.listed`): pydantic reads a dict three
     times faster than a row's attributes."""
-    waiting = [row for row in rows if row.status in estimates.WAITING_STATUSES]
+    now = utcnow()
+    waiting = [row for row in rows if estimates.may_wait_in_queue(row, now)]
     found = estimates.estimates_for_many(session=session, redis=redis, jobs=waiting) if waiting else {}
     return [
         JobOut.model_validate(jobs.listed(row) | found[row.id].fields())

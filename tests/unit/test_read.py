@@ -8,6 +8,7 @@ import fakeredis
 import pytest
 from fastapi.testclient import TestClient
 
+from backend import estimates, workload
 from backend.models import JobRow
 
 
@@ -193,6 +194,33 @@ def test_a_waiting_job_shows_its_place_in_the_queue_and_when_it_should_start(
     assert job["position"] == 1 and job["ahead"] == 1  # the high job goes first
     assert job["estimated_start_at"] is not None and job["estimated_finish_at"] is not None
     assert page[second]["position"] == 1 and page[first]["position"] == 1 and page[first]["ahead"] == 0
+
+
+def test_a_retrying_job_is_looked_for_in_its_queue_only_once_its_wait_is_over(
+    api: TestClient, fake_redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waiting_out, due = submit(api), submit(api)
+    now = datetime.now(UTC)
+    with api.app.state.lanes.sessions() as session:  # type: ignore[attr-defined]
+        for job_id, retry_at in (
+            (waiting_out, now + timedelta(minutes=5)),
+            (due, now - timedelta(seconds=1)),
+        ):
+            row = session.get(JobRow, job_id)
+            assert row is not None
+            row.status, row.next_retry_at = "retrying", retry_at
+        session.commit()
+    fake_redis.lrem("rq:queue:normal", 0, waiting_out)  # in RQ's scheduled registry, not the queue
+    asked: list[str] = []
+    read = workload.read_workload
+    monkeypatch.setattr(
+        estimates, "read_workload", lambda redis, jobs: asked.extend(j for j, _ in jobs) or read(redis, jobs)
+    )
+
+    page = {item["id"]: item for item in api.get("/api/v1/jobs").json()["items"]}
+
+    assert asked == [due]  # the other would cost a scan of the whole queue, to find nothing
+    assert page[due]["position"] == 1 and page[waiting_out]["position"] is None
 
 
 def record_history(api: TestClient, *, task: str, runs_s: list[float]) -> None:
