@@ -75,9 +75,30 @@ def next_fire_times(cron: str, timezone: str, *, after: datetime, n: int) -> lis
     """The next `n` fire times strictly after `after`, as aware UTC datetimes.
 
     The cron is read as wall-clock time in `timezone`; see the module docstring for DST.
+
+    Kept per `(cron, timezone, n)` until the first of them passes: the times after any moment
+    between the one they were computed from and the first of them are the same times. croniter
+    takes about 0.5 ms for five, so a page of 200 schedules would spend 100 ms on them.
     """
     if after.tzinfo is None:
         raise ValueError("after must be timezone-aware")
+    key = (cron, timezone, n)
+    kept = _kept_fire_times.get(key)
+    if kept is not None and kept[0] <= after and (not kept[1] or after < kept[1][0]):
+        return list(kept[1])
+    times = _next_fire_times(cron, timezone, after=after, n=n)
+    if len(_kept_fire_times) >= KEPT_FIRE_TIMES_MAX:
+        _kept_fire_times.clear()
+    _kept_fire_times[key] = (after, tuple(times))
+    return times
+
+
+#: Fire times computed lately: (cron, timezone, n) -> (computed after, the times).
+_kept_fire_times: dict[tuple[str, str, int], tuple[datetime, tuple[datetime, ...]]] = {}
+KEPT_FIRE_TIMES_MAX = 4096
+
+
+def _next_fire_times(cron: str, timezone: str, *, after: datetime, n: int) -> list[datetime]:
     zone = ZoneInfo(timezone)
     iterator = _iterator(cron, zone, after.astimezone(zone))
     hour_is_wildcard = iterator.expanded[1] == ["*"]

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from backend import cron as cron_module
 from backend.cron import next_fire_times, validate_cron
 
 SCHEDULES = "/api/v1/schedules"
@@ -227,6 +228,17 @@ def test_nine_in_new_york_is_13_or_14_utc_by_the_date_whatever_the_host_zone(
     assert time.strftime("%Z") == "JST"
 
     assert next_fire_times("0 9 * * *", "America/New_York", after=after, n=1) == [expected]
+
+
+@pytest.mark.parametrize("cron", ["*/15 * * * *", "30 1 * * *", "0 9 * * mon-fri"])
+def test_kept_fire_times_are_the_times_computed_afresh_from_any_moment(cron: str) -> None:
+    # Every 7 minutes across the night the clocks went back in Paris, forward, then back again.
+    moments = [datetime(2026, 10, 24, 22, 0, tzinfo=UTC) + timedelta(minutes=7 * k) for k in range(600)]
+    moments += list(reversed(moments[::13]))
+
+    for after in moments:
+        kept = next_fire_times(cron, "Europe/Paris", after=after, n=3)
+        assert kept == cron_module._next_fire_times(cron, "Europe/Paris", after=after, n=3), after
 
 
 def test_the_api_shows_fire_times_in_utc_whatever_the_host_zone(api: TestClient, tokyo_host: None) -> None:
