@@ -11,6 +11,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+from redis.client import Pipeline
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
@@ -150,6 +151,28 @@ def test_a_page_of_jobs_deep_in_long_queues_is_read_between_two_scans_and_the_st
     found = workload.read_workload(fake_redis, asked)
 
     assert found.indexes == [5500, 5490, None, 1500, 4000, 3900, 2500, 1200, 1500, 10]
+
+
+def test_a_deep_job_in_the_scheduled_registry_is_not_searched_for_in_its_queue(
+    fake_redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    enqueue(fake_redis, "normal", *[f"n{n}" for n in range(5000)])
+    fake_redis.zadd("rq:scheduled:normal", {"retry-due": 1.0})  # its wait is over; not moved back yet
+    scanned: list[str] = []
+    lpos = Pipeline.lpos
+    monkeypatch.setattr(
+        Pipeline,
+        "lpos",
+        lambda pipe, name, value, **kw: scanned.append(value) or lpos(pipe, name, value, **kw),
+    )
+
+    found = workload.read_workload(
+        fake_redis, [("n3000", "normal"), ("retry-due", "normal"), ("gone", "normal")]
+    )
+
+    assert found.indexes == [3000, None, None]
+    assert scanned.count("retry-due") == 2  # near each end only; "gone" is also scanned whole
+    assert scanned.count("gone") == 3
 
 
 def test_a_page_of_many_jobs_of_one_queue_is_found_from_its_two_ends_read_whole(
