@@ -134,10 +134,9 @@ def _throughput(
     session: Session, tenant_id: str | None, since: datetime, now: datetime, bucket_s: int
 ) -> Select[Any]:
     """(queue, status, bucket, jobs) of the jobs that ended in the window, `bucket` from 0."""
-    seconds = seconds_between(
-        session.get_bind().dialect.name, JobRow.finished_at, literal(since, UTCDateTime())
-    )
-    if session.get_bind().dialect.name == "postgresql":
+    dialect = session.get_bind().dialect.name
+    seconds = seconds_between(dialect, JobRow.finished_at, literal(since, UTCDateTime()))
+    if dialect == "postgresql":
         bucket: Any = func.floor(seconds / bucket_s)
     else:
         bucket = cast(seconds / bucket_s, Integer)  # never negative: truncation is the floor
@@ -155,11 +154,10 @@ def _newest_finished(
     """(queue, seconds from `since` to its end, wait_s, run_s) of the newest `STATS_SAMPLE` jobs
     that ended in the window: the newest of each status (an index walk each, newest first), then
     merged. The database works out the spans, so no timestamp is parsed here."""
-    ended = seconds_between(
-        session.get_bind().dialect.name, JobRow.finished_at, literal(since, UTCDateTime())
-    )
-    wait = seconds_between(session.get_bind().dialect.name, JobRow.started_at, JobRow.enqueued_at)
-    run = seconds_between(session.get_bind().dialect.name, JobRow.finished_at, JobRow.started_at)
+    dialect = session.get_bind().dialect.name
+    ended = seconds_between(dialect, JobRow.finished_at, literal(since, UTCDateTime()))
+    wait = seconds_between(dialect, JobRow.started_at, JobRow.enqueued_at)
+    run = seconds_between(dialect, JobRow.finished_at, JobRow.started_at)
     found: list[tuple[str, float, float | None, float | None]] = []
     for status in ENDED_STATUSES:
         query = (
