@@ -64,13 +64,16 @@ class DurationStats:
     def task_mean(self, session: Session, task: str) -> Mean:
         """The task's last `sample_size` succeeded rows, newest created first (from the index
         `(task, status, created_at, id, started_at, finished_at)` alone)."""
-        query = _succeeded().where(JobRow.task == task).order_by(JobRow.created_at.desc())
-        return self._cached(session, "task", task, lambda: self._mean(session, query))
+        return self.task_means(session, [task])[task]
 
     def task_means(self, session: Session, tasks: Iterable[str]) -> dict[str, Mean]:
         """`task_mean` of each of `tasks`; those not in the cache are read in one statement (a
         `UNION ALL` of each task's newest `sample_size`, each on the index), not one each."""
         return self._many(session, "task", tasks)
+
+    def queue_mean(self, session: Session, queue: str) -> Mean:
+        """The queue's last `sample_size` succeeded rows, newest finished first."""
+        return self.queue_means(session, [queue])[queue]
 
     def queue_means(self, session: Session, queues: Iterable[str]) -> dict[str, Mean]:
         """`queue_mean` of each of `queues`, the ones not in the cache read in one statement."""
@@ -102,11 +105,6 @@ class DurationStats:
             mean = Mean(round(max(0.0, mean_s), digits) if samples else None, samples)
             found[name] = self._keep(session, kind, name, mean)
         return found
-
-    def queue_mean(self, session: Session, queue: str) -> Mean:
-        """The queue's last `sample_size` succeeded rows, newest finished first."""
-        query = _succeeded().where(JobRow.queue == queue).order_by(JobRow.finished_at.desc())
-        return self._cached(session, "queue", queue, lambda: self._mean(session, query))
 
     def overall_mean(self, session: Session) -> Mean:
         """The last `sample_size` succeeded rows of any task (index status, finished_at)."""

@@ -11,6 +11,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+from redis import Redis
 from redis.client import Pipeline
 from sqlalchemy import event
 from sqlalchemy.orm import Session
@@ -59,7 +60,7 @@ def add_row(
     return job_id
 
 
-def enqueue(redis: fakeredis.FakeRedis, queue: str, *job_ids: str) -> None:
+def enqueue(redis: Redis, queue: str, *job_ids: str) -> None:
     redis.rpush(f"rq:queue:{queue}", *job_ids)
 
 
@@ -153,21 +154,29 @@ def test_a_page_of_jobs_deep_in_long_queues_is_read_between_two_scans_and_the_st
     assert found.indexes == [5500, 5490, None, 1500, 4000, 3900, 2500, 1200, 1500, 10]
 
 
+@pytest.fixture(params=["fakeredis", "redis-server"])
+def any_redis(request: pytest.FixtureRequest) -> Redis:
+    """fakeredis, and the tests' own redis-server: the reads that lean on Redis's own list
+    commands (`LRANGE` with negative indexes, `LPOS` with `RANK`/`MAXLEN`) are checked on both."""
+    return request.getfixturevalue("fake_redis" if request.param == "fakeredis" else "redis")
+
+
 def test_a_deep_job_in_the_scheduled_registry_is_not_searched_for_in_its_queue(
-    fake_redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+    any_redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    enqueue(fake_redis, "normal", *[f"n{n}" for n in range(5000)])
-    fake_redis.zadd("rq:scheduled:normal", {"retry-due": 1.0})  # its wait is over; not moved back yet
+    enqueue(any_redis, "normal", *[f"n{n}" for n in range(5000)])
+    any_redis.zadd("rq:scheduled:normal", {"retry-due": 1.0})  # its wait is over; not moved back yet
     scanned: list[str] = []
     lpos = Pipeline.lpos
-    monkeypatch.setattr(
-        Pipeline,
-        "lpos",
-        lambda pipe, name, value, **kw: scanned.append(value) or lpos(pipe, name, value, **kw),
-    )
+
+    def spy(pipe: Pipeline, name: str, value: str, **kwargs: Any) -> Any:
+        scanned.append(value)
+        return lpos(pipe, name, value, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "lpos", spy)
 
     found = workload.read_workload(
-        fake_redis, [("n3000", "normal"), ("retry-due", "normal"), ("gone", "normal")]
+        any_redis, [("n3000", "normal"), ("retry-due", "normal"), ("gone", "normal")]
     )
 
     assert found.indexes == [3000, None, None]
@@ -175,18 +184,16 @@ def test_a_deep_job_in_the_scheduled_registry_is_not_searched_for_in_its_queue(
     assert scanned.count("gone") == 3
 
 
-def test_a_page_of_many_jobs_of_one_queue_is_found_from_its_two_ends_read_whole(
-    fake_redis: fakeredis.FakeRedis,
-) -> None:
+def test_a_page_of_many_jobs_of_one_queue_is_found_from_its_two_ends_read_whole(any_redis: Redis) -> None:
     assert workload.ENDS_READ_MIN <= 20
-    enqueue(fake_redis, "normal", *[f"n{n}" for n in range(3500)])
-    enqueue(fake_redis, "high", *[f"h{n}" for n in range(30)])  # shorter than an end: both reads overlap
+    enqueue(any_redis, "normal", *[f"n{n}" for n in range(3500)])
+    enqueue(any_redis, "high", *[f"h{n}" for n in range(30)])  # shorter than an end: both reads overlap
     near_tail = [f"n{n}" for n in range(3499, 3484, -1)]
     asked = [(job_id, "normal") for job_id in [*near_tail, "n2600", "n2000", "gone", "n999", "n0"]]
     asked += [(f"h{n}", "high") for n in range(29, -1, -1)]
     asked += [("l1", "low")]  # a queue asked about once: looked up by LPOS, and not there
 
-    found = workload.read_workload(fake_redis, asked)
+    found = workload.read_workload(any_redis, asked)
 
     assert found.indexes == [*range(3499, 3484, -1), 2600, 2000, None, 999, 0, *range(29, -1, -1), None]
     assert found.depths == {"high": 30, "normal": 3500, "low": 0}

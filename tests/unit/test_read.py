@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import fakeredis
 import pytest
 from fastapi.testclient import TestClient
+from redis import Redis
 
 from backend import estimates, workload
 from backend.models import JobRow
@@ -213,9 +214,12 @@ def test_a_retrying_job_is_looked_for_in_its_queue_only_once_its_wait_is_over(
     fake_redis.lrem("rq:queue:normal", 0, waiting_out)  # in RQ's scheduled registry, not the queue
     asked: list[str] = []
     read = workload.read_workload
-    monkeypatch.setattr(
-        estimates, "read_workload", lambda redis, jobs: asked.extend(j for j, _ in jobs) or read(redis, jobs)
-    )
+
+    def spy(redis: Redis, jobs: list[tuple[str, str]]) -> workload.Workload:
+        asked.extend(job_id for job_id, _ in jobs)
+        return read(redis, jobs)
+
+    monkeypatch.setattr(estimates, "read_workload", spy)
 
     page = {item["id"]: item for item in api.get("/api/v1/jobs").json()["items"]}
 
