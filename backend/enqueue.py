@@ -12,7 +12,8 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable, Collection, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from redis import Redis
 from redis.client import Pipeline
@@ -27,6 +28,35 @@ from backend.models import JobRow
 from backend.queues import LanesJob, make_retry, queue_for
 
 log = logging.getLogger(__name__)
+
+
+class Enqueueable(Protocol):
+    """What putting a job in Redis reads of its row: a `JobRow`, or a new job's values before any ORM
+    object is made of them (a batch's, `jobs.submit_batch`)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def task(self) -> str: ...
+    @property
+    def queue(self) -> str: ...
+    @property
+    def params(self) -> Any: ...
+    @property
+    def timeout_s(self) -> int | None: ...
+    @property
+    def max_retries(self) -> int: ...
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def webhook_url(self) -> str | None: ...
+    @property
+    def run_at(self) -> datetime | None: ...
+    @property
+    def depends_on(self) -> Any | None: ...
+
 
 #: How often an enqueue transaction is retried while dependencies change under it.
 WATCH_ATTEMPTS = 50
@@ -58,7 +88,7 @@ def enqueue_rows(
     *,
     redis: Redis,
     settings: Settings,
-    rows: Sequence[JobRow],
+    rows: Sequence[Enqueueable],
     succeeded: Collection[str] | None,
     also: Callable[[Pipeline], None] | None = None,
 ) -> None:
@@ -116,7 +146,7 @@ def _finished(redis: Redis, job_ids: Sequence[str], *, succeeded: Collection[str
     return finished
 
 
-def _put(queue: Queue, settings: Settings, row: JobRow, pipe: Pipeline, waiting: list[str]) -> None:
+def _put(queue: Queue, settings: Settings, row: Enqueueable, pipe: Pipeline, waiting: list[str]) -> None:
     """Queue the commands that put `row`'s job in Redis on `pipe`: scheduled, deferred or queued."""
     job = queue.create_job(
         row.task,

@@ -16,6 +16,7 @@ from typing import Any
 
 from backend import dependencies
 from backend.config import Settings
+from backend.enqueue import Enqueueable
 from backend.enums import JobStatus, Priority
 from backend.errors import InvalidInput
 from backend.models import JobRow
@@ -72,10 +73,30 @@ def new_row(
     *,
     now: datetime,
     statuses: dict[str, JobStatus],
-    earlier: Sequence[JobRow],
+    earlier: Sequence[Enqueueable],
     job_id: str,
 ) -> JobRow:
     """The validated row for `request` (not added to the session); raises `InvalidInput`."""
+    return JobRow(
+        **new_row_values(settings, tasks, request, now=now, statuses=statuses, earlier=earlier, job_id=job_id)
+    )
+
+
+def new_row_values(
+    settings: Settings,
+    tasks: TaskRegistry,
+    request: JobRequest,
+    *,
+    now: datetime,
+    statuses: dict[str, JobStatus],
+    earlier: Sequence[Enqueueable],
+    job_id: str,
+) -> dict[str, Any]:
+    """The validated column values of `request`'s row, by column name; raises `InvalidInput`.
+
+    Always the same names, so a batch's values go to one `INSERT` (`jobs.submit_batch`): making a
+    `JobRow` of each and flushing them cost a batch about a fifth of its time.
+    """
     spec = tasks.get(request.task)
     clean_params = spec.validate(request.params)
     priority = Priority(request.priority or spec.priority)
@@ -94,7 +115,7 @@ def new_row(
     waits = (run_at is not None and run_at > now) or any(
         statuses.get(job_id) != JobStatus.SUCCEEDED for job_id in depends_on
     )
-    return JobRow(
+    return dict(
         id=job_id,
         task=spec.name,
         queue=priority.value,
@@ -166,7 +187,9 @@ def _run_at(settings: Settings, request: JobRequest, now: datetime) -> datetime 
     return run_at
 
 
-def _depends_on(request: JobRequest, statuses: dict[str, JobStatus], earlier: Sequence[JobRow]) -> list[str]:
+def _depends_on(
+    request: JobRequest, statuses: dict[str, JobStatus], earlier: Sequence[Enqueueable]
+) -> list[str]:
     """The ids the job waits on: `depends_on`, then the batch's earlier jobs it names."""
     depends_on = list(dict.fromkeys(request.depends_on))
     dependencies.check_dependencies(depends_on, statuses)

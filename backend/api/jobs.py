@@ -132,7 +132,7 @@ def _submit_batch(
         tenant_id=tenant_id,
         now=now,
     )
-    return JobBatchOut(jobs=[JobOut.model_validate(row) for row in rows])
+    return JobBatchOut(jobs=[JobOut.model_validate(values) for values in rows])
 
 
 def _batch_item(index: int, raw: Any) -> JobBatchItem:

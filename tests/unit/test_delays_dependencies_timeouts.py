@@ -349,6 +349,40 @@ def test_a_dependency_that_fails_while_the_dependent_is_submitted_still_cancels_
     assert LanesJob.fetch(child["id"], connection=fake_redis).get_status() == "canceled"
 
 
+#: What a job's answer says of its row (a read adds estimates of its start).
+ROW_FIELDS = ("id", "status", "params", "error", "cancelled_at", "cancelled_by", "finished_at")
+
+
+def test_a_batch_answers_with_its_jobs_cancelled_by_a_dependency_that_failed_meanwhile(
+    api: TestClient, fake_redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A batch is written as plain values, not ORM rows: the rows cancelled after the commit are read
+    # again, so its answer says what SQL says.
+    parent = submit(api)["id"]
+    set_status(api, parent, JobStatus.FAILED, error="ValueError: late")
+    real_statuses = dependencies.statuses_of
+
+    def stale(session: Session, job_ids: Any, tenant_id: str | None = None) -> dict[str, JobStatus]:
+        return {job_id: JobStatus.STARTED for job_id in real_statuses(session, job_ids, tenant_id)}
+
+    monkeypatch.setattr(dependencies, "statuses_of", stale)
+
+    response = api.post(
+        "/api/v1/jobs/batch",
+        json={"jobs": [{"task": "demo.echo", "depends_on": [parent]}, {"task": "demo.echo"}]},
+    )
+
+    assert response.status_code == 202, response.text
+    child, other = response.json()["jobs"]
+    assert (child["status"], child["cancelled_by"]) == ("cancelled", "dependency")
+    assert child["error"] == f"dependency {parent} failed: ValueError: late"
+    assert other["status"] == "queued"
+    for job in (child, other):  # the answer is the row, as a read of the job shows it
+        read = api.get(f"/api/v1/jobs/{job['id']}").json()
+        assert {key: read[key] for key in ROW_FIELDS} == {key: job[key] for key in ROW_FIELDS}
+    assert LanesJob.fetch(child["id"], connection=fake_redis).get_status() == "canceled"
+
+
 # -- timeouts ------------------------------------------------------------------------------------
 
 
