@@ -38,6 +38,9 @@ from backend.tasks import TaskRegistry
 
 log = logging.getLogger(__name__)
 
+#: Every column of a job's row, None: what a new row holds where `new_row_values` sets nothing.
+_UNSET_COLUMNS: dict[str, Any] = dict.fromkeys(column.key for column in JobRow.__table__.columns)
+
 
 @dataclass(frozen=True)
 class JobFilter:
@@ -187,10 +190,6 @@ def submit_batch(
         changed = {row.id: row for row in session.scalars(select(JobRow).where(JobRow.id.in_(cancelled)))}
         values = [_values_of(changed[v["id"]]) if v["id"] in changed else v for v in values]
     return values
-
-
-#: Every column of a job's row, None: what a new row holds where `new_row_values` sets nothing.
-_UNSET_COLUMNS: dict[str, Any] = dict.fromkeys(column.key for column in JobRow.__table__.columns)
 
 
 def _values_of(row: JobRow) -> dict[str, Any]:
