@@ -34,14 +34,6 @@ from backend.tasks import registry
 from tests.helpers import SchedulerFactory, WorkerFactory
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slow and long tests first: pytest-xdist hands tests out in this order, so a soak that
-    starts last would keep the whole run waiting for it alone."""
-    items.sort(
-        key=lambda item: 0 if item.get_closest_marker("slow") else 1 if item.get_closest_marker("long") else 2
-    )
-
-
 def _postgres_server() -> str:
     """The PostgreSQL server the tests make their databases on: LANES_TEST_POSTGRES_URL, else a
     PostgreSQL DATABASE_URL (as in CI), else the local one."""

@@ -111,7 +111,6 @@ def test_a_pool_runs_jobs_side_by_side_and_sigterm_lets_each_process_finish_its_
     assert not registered & set(names)  # each said goodbye to RQ
 
 
-@pytest.mark.long
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_job_that_kills_its_simple_worker_is_retried_and_the_pool_starts_a_new_process(
     api_factory: Callable[..., TestClient],

@@ -116,7 +116,6 @@ def sweep(app: FastAPI, headers: dict[str, str]) -> list[str]:
     return failures
 
 
-@pytest.mark.long
 @pytest.mark.parametrize(
     ("database_url", "keyed"),
     [("sqlite", True), ("postgresql", True), ("sqlite", False)],
