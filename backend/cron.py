@@ -71,6 +71,11 @@ def validate_timezone(name: str) -> str:
     return name
 
 
+#: Fire times computed lately: (cron, timezone, n) -> (computed after, the times).
+_kept_fire_times: dict[tuple[str, str, int], tuple[datetime, tuple[datetime, ...]]] = {}
+KEPT_FIRE_TIMES_MAX = 4096
+
+
 def next_fire_times(cron: str, timezone: str, *, after: datetime, n: int) -> list[datetime]:
     """The next `n` fire times strictly after `after`, as aware UTC datetimes.
 
@@ -91,11 +96,6 @@ def next_fire_times(cron: str, timezone: str, *, after: datetime, n: int) -> lis
         _kept_fire_times.clear()
     _kept_fire_times[key] = (after, tuple(times))
     return times
-
-
-#: Fire times computed lately: (cron, timezone, n) -> (computed after, the times).
-_kept_fire_times: dict[tuple[str, str, int], tuple[datetime, tuple[datetime, ...]]] = {}
-KEPT_FIRE_TIMES_MAX = 4096
 
 
 def _next_fire_times(cron: str, timezone: str, *, after: datetime, n: int) -> list[datetime]:

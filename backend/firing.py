@@ -46,7 +46,7 @@ from backend.db import upsert
 from backend.enqueue import enqueue_rows
 from backend.enums import JobStatus, Priority
 from backend.errors import InvalidInput
-from backend.job_requests import JobRequest, new_row
+from backend.job_requests import JobRequest, new_row_values
 from backend.models import JobRow, ScheduleRow
 from backend.schedule_entries import remove_entries, reschedule
 from backend.tasks import TaskRegistry
@@ -288,9 +288,10 @@ def _firing(
     """The job row of `row`'s firing at `due`: queued, or failed if its task or params are refused."""
     job_id = firing_job_id(row.id, due)
     try:
-        job = new_row(settings, tasks, job_request(row), now=now, statuses={}, earlier=(), job_id=job_id)
-        job.tenant_id = row.tenant_id
-        return job
+        values = new_row_values(
+            settings, tasks, job_request(row), now=now, statuses={}, earlier=(), job_id=job_id
+        )
+        return JobRow(**values, tenant_id=row.tenant_id)
     except InvalidInput as exc:
         log.warning("schedule %s: firing %s refused: %s", row.id, job_id, exc.detail)
         return JobRow(

@@ -19,7 +19,6 @@ from backend.config import Settings
 from backend.enqueue import Enqueueable
 from backend.enums import JobStatus, Priority
 from backend.errors import InvalidInput
-from backend.models import JobRow
 from backend.tasks import TaskRegistry
 from backend.webhook_urls import Allowance, check_url
 
@@ -66,22 +65,6 @@ class JobRequest:
         }
 
 
-def new_row(
-    settings: Settings,
-    tasks: TaskRegistry,
-    request: JobRequest,
-    *,
-    now: datetime,
-    statuses: dict[str, JobStatus],
-    earlier: Sequence[Enqueueable],
-    job_id: str,
-) -> JobRow:
-    """The validated row for `request` (not added to the session); raises `InvalidInput`."""
-    return JobRow(
-        **new_row_values(settings, tasks, request, now=now, statuses=statuses, earlier=earlier, job_id=job_id)
-    )
-
-
 def new_row_values(
     settings: Settings,
     tasks: TaskRegistry,
@@ -94,8 +77,9 @@ def new_row_values(
 ) -> dict[str, Any]:
     """The validated column values of `request`'s row, by column name; raises `InvalidInput`.
 
-    Always the same names, so a batch's values go to one `INSERT` (`jobs.submit_batch`): making a
-    `JobRow` of each and flushing them cost a batch about a fifth of its time.
+    `JobRow(**values)` is the row (a submit, a firing). Always the same names, so a batch's values
+    go to one `INSERT` with no `JobRow` made (`jobs.submit_batch`): making one of each and flushing
+    them cost a batch about a fifth of its time.
     """
     spec = tasks.get(request.task)
     clean_params = spec.validate(request.params)

@@ -32,13 +32,13 @@ from backend.enqueue import Enqueueable, enqueue_rows
 from backend.enqueue import enqueue_row as enqueue_row  # re-exported: requeue and the reconciler use it
 from backend.enums import QUEUE_ORDER, JobStatus, Priority
 from backend.errors import BackendUnavailable, InvalidInput, NotFound
-from backend.job_requests import MAX_BATCH_JOBS, JobRequest, new_row, new_row_values
+from backend.job_requests import MAX_BATCH_JOBS, JobRequest, new_row_values
 from backend.models import JobRow
 from backend.tasks import TaskRegistry
 
 log = logging.getLogger(__name__)
 
-#: Every column of a job's row, None: what a new row holds where `new_row_values` sets nothing.
+#: Every column of a job's row, None: what a batch's answer shows where `new_row_values` sets nothing.
 _UNSET_COLUMNS: dict[str, Any] = dict.fromkeys(column.key for column in JobRow.__table__.columns)
 
 
@@ -93,8 +93,12 @@ def submit(
             if first is not None:
                 return Submission(first, replayed=True)
         statuses = dependencies.statuses_of(session, request.depends_on, tenant_id)
-        row = new_row(settings, tasks, request, now=now, statuses=statuses, earlier=(), job_id=new_job_id())
-        row.tenant_id = tenant_id
+        row = JobRow(
+            **new_row_values(
+                settings, tasks, request, now=now, statuses=statuses, earlier=(), job_id=new_job_id()
+            ),
+            tenant_id=tenant_id,
+        )
         if idempotency_key is not None:
             row.idempotency_key = idempotency_key
             row.idempotency_hash = digest
@@ -164,32 +168,32 @@ def submit_batch(
         session, (d for request in requests for d in request.depends_on), tenant_id
     )
     # Plain values, written with one INSERT: a `JobRow` of each, and the flush, were a fifth of a batch.
-    values: list[dict[str, Any]] = []
-    rows: list[SimpleNamespace] = []  # the same values, as attributes, for the enqueue
+    # As attributes for the enqueue (`Enqueueable`); a column they leave out takes its default.
+    rows: list[SimpleNamespace] = []
     for index, request in enumerate(requests):
         try:
-            row_values = new_row_values(
+            values = new_row_values(
                 settings, tasks, request, now=now, statuses=statuses, earlier=rows, job_id=new_job_id()
             )
         except InvalidInput as exc:
             raise InvalidInput(
                 {"index": index, "code": exc.code, "errors": exc.detail}, code="invalid_batch_item"
             ) from exc
-        row_values = {**_UNSET_COLUMNS, **row_values, "tenant_id": tenant_id}
-        values.append(row_values)
-        rows.append(SimpleNamespace(**row_values))
+        rows.append(SimpleNamespace(**values, tenant_id=tenant_id))
     try:
-        session.execute(insert(JobRow), values)
+        session.execute(insert(JobRow), [vars(row) for row in rows])
         charge = quotas.take(session=session, settings=settings, tenant_id=tenant_id, jobs=len(rows), now=now)
         session.commit()
     except BaseException:
         session.rollback()
         raise
     cancelled = _enqueue_or_fail(session, redis, settings, rows, statuses, charge)
-    if cancelled:  # a dependency ended while the batch was written: those rows are read again
-        changed = {row.id: row for row in session.scalars(select(JobRow).where(JobRow.id.in_(cancelled)))}
-        values = [_values_of(changed[v["id"]]) if v["id"] in changed else v for v in values]
-    return values
+    # A dependency that ended while the batch was written cancelled some: those rows are read again.
+    query = select(JobRow).where(JobRow.id.in_(cancelled))
+    changed = {row.id: row for row in session.scalars(query)} if cancelled else {}
+    return [
+        _values_of(changed[row.id]) if row.id in changed else {**_UNSET_COLUMNS, **vars(row)} for row in rows
+    ]
 
 
 def _values_of(row: JobRow) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Schedules: cron rows that run a task again and again. The domain, with no FastAPI in it.
 
 A schedule names a task, its params, priority and retry policy (validated exactly like a job
-submit, by `backend.job_requests.new_row`), a five-field cron expression and an IANA time zone
+submit, by `backend.job_requests.new_row_values`), a five-field cron expression and an IANA time zone
 (`backend.cron`: fire times in the schedule's own zone, daylight saving included).
 
 `next_run_at` is stored on create and on every change (None while disabled). Every change is
@@ -27,7 +27,7 @@ from backend.db import utcnow
 from backend.enums import Priority
 from backend.errors import NotFound
 from backend.firing import job_request
-from backend.job_requests import JobRequest, new_row
+from backend.job_requests import JobRequest, new_row_values
 from backend.models import JobRow, ScheduleRow
 from backend.schedule_entries import write_through
 from backend.tasks import TaskRegistry
@@ -263,8 +263,10 @@ def _validated_job(
     (`unknown_task`, `invalid_params`, `invalid_max_retries`).
     """
     request = JobRequest(task=task, params=params, priority=priority, max_retries=max_retries)
-    probe = new_row(settings, tasks, request, now=utcnow(), statuses={}, earlier=(), job_id="schedule-probe")
-    return probe.task, probe.params, probe.priority, probe.max_retries
+    probe = new_row_values(
+        settings, tasks, request, now=utcnow(), statuses={}, earlier=(), job_id="schedule-probe"
+    )
+    return probe["task"], probe["params"], probe["priority"], probe["max_retries"]
 
 
 def _check_webhook(settings: Settings, url: str | None) -> None:

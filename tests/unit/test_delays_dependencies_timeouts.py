@@ -324,22 +324,28 @@ def test_jobs_stranded_by_a_lost_cascade_are_found_and_cancelled(
     assert api.get(f"/api/v1/jobs/{ids['other']}").json()["status"] == "scheduled"
 
 
-def test_a_dependency_that_fails_while_the_dependent_is_submitted_still_cancels_it(
-    api: TestClient, fake_redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def a_parent_failed_unseen(api: TestClient, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A failed job whose failure the next submit's check does not see yet: the check still finds it
+    running, as if it failed between the check and the commit of its dependents. Its id."""
     parent = submit(api)["id"]
     set_status(api, parent, JobStatus.FAILED, error="ValueError: late")
     real_statuses = dependencies.statuses_of
     calls = 0
 
     def stale_first(session: Session, job_ids: Any, tenant_id: str | None = None) -> dict[str, JobStatus]:
-        # The submit's check still sees the parent running; it fails before the row is committed.
         nonlocal calls
         calls += 1
         found = real_statuses(session, job_ids, tenant_id)
         return {job_id: JobStatus.STARTED for job_id in found} if calls == 1 else found
 
     monkeypatch.setattr(dependencies, "statuses_of", stale_first)
+    return parent
+
+
+def test_a_dependency_that_fails_while_the_dependent_is_submitted_still_cancels_it(
+    api: TestClient, fake_redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parent = a_parent_failed_unseen(api, monkeypatch)
 
     child = submit(api, depends_on=[parent])
 
@@ -358,14 +364,7 @@ def test_a_batch_answers_with_its_jobs_cancelled_by_a_dependency_that_failed_mea
 ) -> None:
     # A batch is written as plain values, not ORM rows: the rows cancelled after the commit are read
     # again, so its answer says what SQL says.
-    parent = submit(api)["id"]
-    set_status(api, parent, JobStatus.FAILED, error="ValueError: late")
-    real_statuses = dependencies.statuses_of
-
-    def stale(session: Session, job_ids: Any, tenant_id: str | None = None) -> dict[str, JobStatus]:
-        return {job_id: JobStatus.STARTED for job_id in real_statuses(session, job_ids, tenant_id)}
-
-    monkeypatch.setattr(dependencies, "statuses_of", stale)
+    parent = a_parent_failed_unseen(api, monkeypatch)
 
     response = api.post(
         "/api/v1/jobs/batch",
