@@ -23,6 +23,8 @@ from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.results import Result
 from rq.timeouts import BaseTimeoutException
+from sqlalchemy import Engine, event
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend import metrics, mirror, webhooks
@@ -54,6 +56,23 @@ class JobInterrupted(BaseException):
 SIGNALLED = (StopRequested, BaseTimeoutException, JobInterrupted)
 
 
+def let_signals_through(engine: Engine) -> None:
+    """Make `engine` raise a signal handler's exception as itself.
+
+    A handler raises wherever the main thread is. While SQLAlchemy prepares a statement's
+    parameters, it would wrap what is raised in a `StatementError`. `except SIGNALLED` would miss
+    that, and a SIGTERM would be logged as a failed mirror write and lost: the idle worker would
+    not stop.
+    """
+    if not event.contains(engine, "handle_error", _signalled_as_itself):
+        event.listen(engine, "handle_error", _signalled_as_itself)
+
+
+def _signalled_as_itself(context: ExceptionContext) -> BaseException | None:
+    original = context.original_exception
+    return original if isinstance(original, SIGNALLED) else None
+
+
 class JobMirror:
     """Writes a worker's view of its jobs to SQL; never raises."""
 
@@ -67,6 +86,9 @@ class JobMirror:
         behind: WriteBehind | None = None,
     ):
         self.sessions = sessions
+        bind = getattr(sessions, "kw", {}).get("bind")
+        if isinstance(bind, Engine):
+            let_signals_through(bind)
         self.redis = redis
         self.progress_min_interval_s = progress_min_interval_s
         #: For webhook events (their retry policy); None emits none (the reconciler's sweep will).

@@ -318,6 +318,9 @@ class LanesBase(BaseWorker):
     def request_stop(self, signum: Any, frame: Any) -> None:
         if self._stop_asked_at is None:
             self._stop_asked_at = time.monotonic()
+        # Idle, RQ only raises StopRequested, which the main thread may be inside any code to
+        # receive; were it swallowed there, the loop still ends at its next look at this flag.
+        self._stop_requested = True
         super().request_stop(signum, frame)  # raises StopRequested when idle
         if self.shutdown_grace_s and self.horse_pid:
             self.job_monitoring_interval = 1  # look at the grace every second from now on

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import fakeredis
 import pytest
@@ -14,6 +15,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from backend import mirror
+from backend.db import make_engine, make_sessionmaker
 from backend.enums import STATUS_RANK, TERMINAL_STATUSES, JobStatus
 from backend.models import JobRow
 from backend.queues import MIRROR_PENDING_KEY, queue_for
@@ -280,6 +282,34 @@ def test_a_stop_request_or_timeout_arriving_during_a_mirror_write_reaches_rq(
 
     with pytest.raises(type(signalled)):
         job_mirror.started(job, worker="w1")
+
+
+class _SignalledWhileEncoded(dict[str, int]):
+    """A job result whose JSON encoding is interrupted, as by a signal arriving just then."""
+
+    def __init__(self, signalled: BaseException) -> None:
+        super().__init__(n=1)
+        self.signalled = signalled
+
+    def items(self) -> Any:  # json encodes a dict subclass through items()
+        raise self.signalled
+
+
+@pytest.mark.parametrize("signalled", [StopRequested(), JobTimeoutException("over time")])
+def test_a_stop_request_arriving_while_sqlalchemy_prepares_a_mirror_write_reaches_rq_as_itself(
+    fake_redis: fakeredis.FakeRedis, database_url: str, signalled: BaseException
+) -> None:
+    # SQLAlchemy wraps what is raised while it prepares parameters in a StatementError; the mirror
+    # took that for a failed write, and an idle worker's SIGTERM was lost.
+    engine = make_engine(database_url)
+    job = queue_for("normal", fake_redis).enqueue_call("demo.echo")
+    job_mirror = JobMirror(sessions=make_sessionmaker(engine), redis=fake_redis)
+
+    with pytest.raises(type(signalled)):
+        job_mirror.succeeded(job, attempt=1, result=_SignalledWhileEncoded(signalled))
+
+    assert job_mirror.failures == 0
+    engine.dispose()
 
 
 def test_a_failed_mirror_write_is_swallowed_and_noted_for_replay(fake_redis: fakeredis.FakeRedis) -> None:

@@ -1,8 +1,11 @@
-"""A stop command that finds no work-horse must not kill the worker's own process group."""
+"""Stopping a worker: a stop command that finds no work-horse kills nothing, and a SIGTERM is never lost."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+from unittest import mock
 
 import fakeredis
 import pytest
@@ -49,3 +52,29 @@ def test_a_stop_command_for_a_running_horse_still_kills_it(
 
     assert [pgid for pgid, _ in killed] == [4321 + 1_000_000]
     assert worker._stopped_job_id == "job-1"
+
+
+def test_an_idle_worker_stops_even_when_the_code_its_stop_request_interrupted_swallows_it(
+    fake_redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Idle, RQ raises StopRequested from the SIGTERM handler into whatever the worker is running;
+    # a broad `except` there (a library's wrapping, a task's hook) must not cost the stop.
+    worker = worker_on(fake_redis)
+    worker.mirror = mock.MagicMock()
+    dequeues: list[object] = []
+    monkeypatch.setattr(worker, "dequeue_job_and_maintain_ttl", lambda *args: dequeues.append(args))
+
+    def maintenance_that_swallows() -> None:
+        with contextlib.suppress(Exception):
+            worker.request_stop(signal.SIGTERM, None)
+
+    monkeypatch.setattr(worker, "run_maintenance_tasks", maintenance_that_swallows)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    try:
+        worker.work(burst=False)
+    finally:  # the worker installed its handlers in this test process
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+    assert dequeues == []  # it stopped at the loop's next look instead of waiting for work
