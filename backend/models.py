@@ -47,7 +47,7 @@ class JobRow(Base):
     idempotency_hash: Mapped[str | None] = mapped_column(String(64))
     idempotency_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     run_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    depends_on: Mapped[Any | None] = mapped_column(JSON)
+    depends_on: Mapped[Any | None] = mapped_column(JSON(none_as_null=True))  # none: SQL NULL
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -10,12 +10,13 @@ import fakeredis
 import pytest
 from fastapi.testclient import TestClient
 from rq.job import JobStatus as RQStatus
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from backend import dependencies, mirror
-from backend.db import utcnow
+from backend.db import make_engine, utcnow
 from backend.enums import JobStatus
+from backend.migrate import downgrade, upgrade
 from backend.models import JobRow
 from backend.queues import LanesJob
 from backend.sync import JobMirror
@@ -151,6 +152,53 @@ def test_a_job_whose_dependencies_all_succeeded_is_queued_at_once(
 
     assert child["status"] == "queued"
     assert fake_redis.lrange("rq:queue:normal", 0, -1)[-1] == child["id"].encode()
+
+
+def test_in_sql_a_job_without_dependencies_has_a_null_depends_on_and_one_with_them_lists_them(
+    api: TestClient,
+) -> None:
+    # What an operator querying the job history would write: `depends_on IS NULL`.
+    alone = submit(api)["id"]
+    delayed = submit(api, delay_s=90)["id"]
+    batch = api.post("/api/v1/jobs/batch", json={"jobs": [{"task": "demo.echo"}]})
+    assert batch.status_code == 202, batch.text
+    in_batch = batch.json()["jobs"][0]["id"]
+    child = submit(api, depends_on=[alone])["id"]
+
+    with sessions_of(api)() as session:
+        without = session.scalars(select(JobRow.id).where(JobRow.depends_on.is_(None))).all()
+        depends = session.scalar(select(JobRow.depends_on).where(JobRow.id == child))
+
+    assert sorted(without) == sorted([alone, delayed, in_batch])
+    assert depends == [alone]
+    assert api.get(f"/api/v1/jobs/{alone}").json()["depends_on"] is None  # the API as before
+
+
+def test_the_migration_gives_waiting_rows_without_dependencies_a_null_depends_on(database_url: str) -> None:
+    downgrade(database_url, revision="0011", quiet=True)
+    engine = make_engine(database_url)
+    rows = {"waiting": ("scheduled", "null"), "ended": ("succeeded", "null"), "child": ("scheduled", '["p"]')}
+    try:
+        with engine.begin() as conn:
+            for job_id, (status, depends_on) in rows.items():
+                conn.execute(
+                    text(
+                        "INSERT INTO jobs (id, task, queue, priority, status, progress, params, depends_on,"
+                        " attempts, epoch, max_retries, webhook_attempts, created_at, updated_at)"
+                        " VALUES (:id, 'demo.echo', 'normal', 'normal', :status, 0, '{}', :depends_on,"
+                        " 0, 0, 0, 0, :at, :at)"
+                    ),
+                    {"id": job_id, "status": status, "depends_on": depends_on, "at": "2026-12-03 12:00:00"},
+                )
+        upgrade(database_url, quiet=True)
+        with engine.connect() as conn:
+            null = set(conn.scalars(text("SELECT id FROM jobs WHERE depends_on IS NULL")))
+            child = conn.scalar(text("SELECT CAST(depends_on AS TEXT) FROM jobs WHERE id = 'child'"))
+        assert null == {"waiting"}  # an ended row keeps its JSON null: the upgrade rewrites no history
+        assert child == '["p"]'
+    finally:
+        engine.dispose()
+        upgrade(database_url, quiet=True)
 
 
 def test_a_missing_dependency_is_refused_by_name(api: TestClient, fake_redis: fakeredis.FakeRedis) -> None:
