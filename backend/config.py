@@ -201,7 +201,9 @@ class Settings(BaseSettings):
         default=8000, ge=1, le=65535, description="Port `make api` and `make demo` listen on."
     )
     api_processes: int = Field(
-        default=0, ge=0, description="API processes `make api` starts on its port; 0: one per CPU core."
+        default=0,
+        ge=0,
+        description="API processes `make api` starts on its port; 0: one per CPU core (within a CPU limit).",
     )
 
     sql_echo: bool = False

@@ -1,27 +1,56 @@
 """`python -m backend.serve` (`make api`): serve the API on LANES_API_HOST:LANES_API_PORT with uvicorn.
 
-`LANES_API_PROCESSES` processes share the port (uvicorn's workers; 0: one per CPU core). One Python
-process runs its requests on one core at a time, so more cores need more processes; each builds its
-own app, connections and pools. uvicorn takes uvloop and httptools, which the project installs.
+`LANES_API_PROCESSES` processes share the port (uvicorn's workers; 0: one per CPU core it may use,
+counting a container's CPU limit). One Python process runs its requests on one core at a time, so
+more cores need more processes; each builds its own app, connections and pools. uvicorn takes uvloop
+and httptools, which the project installs.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from pathlib import Path
 
 import uvicorn
 
 from backend.config import Settings, get_settings
 
+#: Where Linux says how much CPU time this process's control group may use (v2, then v1).
+CGROUP = Path("/sys/fs/cgroup")
 
-def process_count(settings: Settings) -> int:
-    """How many API processes to start: the setting, or one per CPU core this process may use."""
+
+def process_count(settings: Settings, cgroup: Path = CGROUP) -> int:
+    """How many API processes to start: the setting, or one per CPU core this process may use.
+
+    The cores are those it may run on, capped by its control group's CPU quota: a container
+    limited to 2 CPUs on a 64-core host starts 2 processes, not 64 (each with its own pools of
+    database connections).
+    """
     if settings.api_processes:
         return settings.api_processes
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cpu_quota(cgroup)
+    return max(1, min(cores, math.ceil(quota))) if quota else cores
+
+
+def cpu_quota(cgroup: Path = CGROUP) -> float | None:
+    """The CPUs' worth of time the control group may use (`cpu.max`, or v1's CFS quota); None: no limit."""
+    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
+        try:
+            fields = (cgroup / quota_file).read_text().split()
+            if period_file is not None:
+                fields.append((cgroup / period_file).read_text().strip())
+            quota, period = fields[0], fields[1]
+            if quota in ("max", "-1"):
+                return None
+            return int(quota) / int(period)
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
 
 
 def main() -> None:
