@@ -18,6 +18,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redis import Redis
+from rq.registry import (
+    CanceledJobRegistry,
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
 from rq.worker import Worker
 from sqlalchemy import Integer, Select, cast, func, literal, select
 from sqlalchemy.orm import Session
@@ -31,14 +39,14 @@ from backend.queues import PAUSED_KEY, LanesJob
 
 #: Every queue a worker drains, in the default order.
 ALL_QUEUES: tuple[str, ...] = (*(q.value for q in QUEUE_ORDER), WEBHOOK_QUEUE)
-#: RQ's registry keys per queue, counted with ZCARD.
+#: RQ's registry keys per queue (RQ's own templates), counted with ZCARD.
 REGISTRIES = {
-    "started": "rq:wip:{}",
-    "scheduled": "rq:scheduled:{}",
-    "deferred": "rq:deferred:{}",
-    "finished": "rq:finished:{}",
-    "failed": "rq:failed:{}",
-    "canceled": "rq:canceled:{}",
+    "started": StartedJobRegistry.key_template,
+    "scheduled": ScheduledJobRegistry.key_template,
+    "deferred": DeferredJobRegistry.key_template,
+    "finished": FinishedJobRegistry.key_template,
+    "failed": FailedJobRegistry.key_template,
+    "canceled": CanceledJobRegistry.key_template,
 }
 #: The most finished jobs whose wait and run times a stats window reads for its percentiles.
 STATS_SAMPLE = 1_000
