@@ -77,7 +77,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy backend worker scheduler lanes
+	$(BIN)/mypy backend worker scheduler lanes bench
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

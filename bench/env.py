@@ -49,7 +49,9 @@ class BenchError(RuntimeError):
     """Raised when a benchmark cannot produce a figure: a process died, jobs went missing."""
 
 
-def wait_for(condition: Callable[[], T], *, timeout_s: float, interval_s: float = 0.01, message: str) -> T:
+def wait_for(
+    condition: Callable[[], T | None], *, timeout_s: float, interval_s: float = 0.01, message: str
+) -> T:
     """Poll `condition` until it returns something truthy; BenchError after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while True:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import accumulate
 from typing import Any
@@ -108,7 +108,7 @@ def schedule_id(n: int) -> str:
 class _Picker:
     """Weighted choices with the cumulative weights worked out once."""
 
-    def __init__(self, weights: dict[Any, float]):
+    def __init__(self, weights: Mapping[Any, float]):
         self.values = list(weights)
         self.cumulative = list(accumulate(weights.values()))
 

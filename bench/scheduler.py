@@ -286,7 +286,7 @@ def wait_on_queue(redis: Redis, key: str, count: int, *, due_s: int, child: Chil
     time.sleep(max(0.0, due_s - 0.05 - time.time()))
 
     def reached() -> float | None:
-        length = int(redis.llen(key))  # type: ignore[arg-type]
+        length = int(redis.llen(key))
         seen = time.time()
         if length >= count:
             return seen
