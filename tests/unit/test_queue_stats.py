@@ -6,6 +6,7 @@ import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy.orm import Session
 
 from backend import observe
@@ -42,10 +43,12 @@ def test_every_job_that_ended_in_the_window_is_counted_in_its_bucket(session: Se
         session.add(ended_row(queue=queue, status=status, finished=since + timedelta(seconds=offset)))
         expected[(queue, status, int(offset // bucket_s))] += 1
     # Just inside each edge of a bucket, and of the window.
-    for offset in (0.002, bucket_s - 0.002, bucket_s + 0.002, window_s - 0.002):
+    for offset in (0, 0.002, bucket_s - 0.002, bucket_s + 0.002, window_s - 0.002):
         session.add(ended_row(queue="normal", status="succeeded", finished=since + timedelta(seconds=offset)))
         expected[("normal", "succeeded", int(offset // bucket_s))] += 1
     # Outside the window, or not ended as succeeded or failed: not counted.
+    session.add(ended_row(queue="normal", status="succeeded", finished=NOW))  # the window's last instant
+    expected[("normal", "succeeded", window_s // bucket_s - 1)] += 1
     session.add(ended_row(queue="normal", status="succeeded", finished=since - timedelta(seconds=1)))
     session.add(ended_row(queue="normal", status="succeeded", finished=NOW + timedelta(seconds=1)))
     session.add(ended_row(queue="normal", status="cancelled", finished=NOW - timedelta(seconds=5)))
@@ -99,3 +102,21 @@ def test_percentiles_rest_on_the_newest_jobs_and_a_tenant_sees_its_own(session: 
     mine = observe.queue_stats(session, tenant_id="t-1", now=NOW, window_s=600)
     assert mine["sampled"] == 1
     assert (mine["queues"]["high"]["succeeded"], mine["queues"]["low"]["succeeded"]) == (0, 1)
+
+
+def test_the_sample_is_the_newest_jobs_whatever_their_status(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for seconds_ago in (10, 20, 30, 40):
+        session.add(
+            ended_row(queue="high", status="succeeded", finished=NOW - timedelta(seconds=seconds_ago))
+        )
+    for seconds_ago in (25, 35):  # between the newest successes: the newer of them is in the sample
+        session.add(ended_row(queue="low", status="failed", finished=NOW - timedelta(seconds=seconds_ago)))
+    session.commit()
+    monkeypatch.setattr(observe, "STATS_SAMPLE", 3)
+
+    stats = observe.queue_stats(session, tenant_id=None, now=NOW, window_s=600)
+
+    assert stats["sampled"] == 3
+    assert stats["queues"]["high"]["run_s"]["count"] == 2 and stats["queues"]["low"]["run_s"]["count"] == 1
