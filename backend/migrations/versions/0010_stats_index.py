@@ -13,7 +13,7 @@ Create Date: 2026-12-02
 
 from __future__ import annotations
 
-from alembic import op
+from backend.migrations import online
 
 revision = "0010"
 down_revision = "0009"
@@ -22,14 +22,14 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index(
+    online.create_index(
         "ix_jobs_status_finished_queue",
         "jobs",
         ["status", "finished_at", "queue", "tenant_id", "enqueued_at", "started_at"],
     )
-    op.drop_index("ix_jobs_status_finished", "jobs")
+    online.drop_index("ix_jobs_status_finished", "jobs")
 
 
 def downgrade() -> None:
-    op.create_index("ix_jobs_status_finished", "jobs", ["status", "finished_at"])
-    op.drop_index("ix_jobs_status_finished_queue", "jobs")
+    online.create_index("ix_jobs_status_finished", "jobs", ["status", "finished_at"])
+    online.drop_index("ix_jobs_status_finished_queue", "jobs")

@@ -13,7 +13,7 @@ Create Date: 2026-12-03
 
 from __future__ import annotations
 
-from alembic import op
+from backend.migrations import online
 
 revision = "0011"
 down_revision = "0010"
@@ -22,14 +22,14 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index(
+    online.create_index(
         "ix_jobs_task_status_created_run",
         "jobs",
         ["task", "status", "created_at", "id", "started_at", "finished_at"],
     )
-    op.drop_index("ix_jobs_task_status_created", "jobs")
+    online.drop_index("ix_jobs_task_status_created", "jobs")
 
 
 def downgrade() -> None:
-    op.create_index("ix_jobs_task_status_created", "jobs", ["task", "status", "created_at", "id"])
-    op.drop_index("ix_jobs_task_status_created_run", "jobs")
+    online.create_index("ix_jobs_task_status_created", "jobs", ["task", "status", "created_at", "id"])
+    online.drop_index("ix_jobs_task_status_created_run", "jobs")
