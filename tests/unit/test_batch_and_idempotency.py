@@ -263,6 +263,7 @@ def test_a_key_whose_job_redis_refused_is_free_again(
 
 
 def _submit_with_key(session: Session, redis: Redis, settings: Settings, key: str) -> jobs.Submission:
+    registry.load_modules()  # as an app does at its start: a test run alone has made no app
     request = jobs.JobRequest(task="demo.echo", params={"n": 1})
     return jobs.submit(
         session=session, redis=redis, settings=settings, tasks=registry, request=request, idempotency_key=key
