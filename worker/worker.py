@@ -60,6 +60,7 @@ from worker.lifeline import die_with_parent
 log = logging.getLogger(__name__)
 
 STOP_CHECK_S = 0.1  # how often a sleeping scheduler looks for a stop request
+SCHEDULER_STOP_S = 5.0  # how long a stopping worker waits for its scheduler process before killing it
 #: The most a horse reports through its pipe; more (a big result) and it writes the row itself.
 REPORT_MAX_BYTES = 60_000  # under Linux's 64 KiB pipe, so the write never blocks
 BEAT_TICK_S = 0.5  # how often a simple worker's beater looks at its running job
@@ -128,6 +129,7 @@ class LanesBase(BaseWorker):
         return max(1, min(self.poll_s, self.worker_ttl - 15))
 
     _last_replay: float = 0.0
+    _burst = False  # set by `_start_scheduler`, which RQ calls with `work(burst=...)`
 
     @property
     def _replay_due(self) -> bool:
@@ -210,8 +212,10 @@ class LanesBase(BaseWorker):
         # lock is a SET NX per queue, and it frees 61 s after its holder stops renewing it.
         # Not while stopping: RQ stopped this worker's scheduler on the stop request, and one
         # started again now would be an orphan that takes the worker's SIGTERM handler along.
+        # Not in a burst either: RQ moved the due jobs once at its start, and a scheduler process
+        # forked now would be stopped moments later, before it had its own SIGTERM handler.
         scheduler = self.scheduler
-        if self._stop_requested:
+        if self._stop_requested or self._burst:
             return
         if scheduler is not None and (scheduler._process is None or not scheduler._process.is_alive()):
             with self.mirror.between_writes():  # it may fork RQ's scheduler process
@@ -225,6 +229,7 @@ class LanesBase(BaseWorker):
         log_format: str = "%(asctime)s %(message)s",
     ) -> None:
         # RQ's own, with PromptScheduler in place of RQScheduler.
+        self._burst = burst
         self.scheduler = PromptScheduler(
             self.queues,
             connection=self.connection,
@@ -247,6 +252,24 @@ class LanesBase(BaseWorker):
             else:
                 with self.mirror.between_writes():  # a fork
                     self.scheduler.start()
+
+    def stop_scheduler(self) -> None:
+        """RQ's, with a limit: SIGTERM, then SIGKILL if the scheduler process is still there
+        `SCHEDULER_STOP_S` later. RQ waits for it without one, and a scheduler that never ends
+        (one signalled before it installed its own handlers) would keep the worker from ending."""
+        scheduler = self.scheduler
+        process = scheduler._process if scheduler is not None else None
+        if process is None or not process.pid:
+            return
+        with contextlib.suppress(OSError):
+            os.kill(process.pid, signal.SIGTERM)
+        process.join(SCHEDULER_STOP_S)
+        if process.is_alive():
+            log.warning(
+                "worker %s: its scheduler (pid %d) did not stop on SIGTERM; killed", self.name, process.pid
+            )
+            process.kill()
+            process.join()
 
     def unsubscribe(self) -> None:
         # RQ unsubscribes before stopping its pub/sub thread; when the thread reads the reply
@@ -316,6 +339,14 @@ class LanesBase(BaseWorker):
         return self._stop_asked_at is not None
 
     def request_stop(self, signum: Any, frame: Any) -> None:
+        if self.pid is not None and os.getpid() != self.pid:
+            # A process forked from this worker (its scheduler, a work-horse) got the signal
+            # before it installed handlers of its own: the worker's stop is not its business. A
+            # Ctrl-C is the worker's to handle; a SIGTERM ends it, as it would have without us.
+            if signum == signal.SIGTERM:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
         if self._stop_asked_at is None:
             self._stop_asked_at = time.monotonic()
         # Idle, RQ only raises StopRequested, which the main thread may be inside any code to
