@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sqlalchemy import Connection, text
+
 from backend.models import JobRow
 
 T = TypeVar("T")
@@ -286,3 +288,16 @@ class SchedulerFactory:
             scheduler.signal()
         for scheduler in self.started:
             scheduler.stop()
+
+
+def statements_waiting_for_a_lock(observer: Connection, statement: str) -> int:
+    """How many statements that start with `statement` wait for a lock in this PostgreSQL database."""
+    waiting = observer.execute(
+        text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND query ILIKE :statement"
+        ),
+        {"statement": f"{statement}%"},
+    ).scalar()
+    observer.rollback()  # PostgreSQL keeps one snapshot of its statistics per transaction
+    return int(waiting or 0)

@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 
 from backend.metrics import COUNTERS_KEY
 from backend.queues import MIRROR_PENDING_KEY, queue_for
-from tests.helpers import WorkerFactory, wait_for
+from tests.helpers import WorkerFactory, statements_waiting_for_a_lock, wait_for
 from tests.integration.support import (
     gone_from_rq,
     row,
@@ -99,14 +99,7 @@ def sql_writes_blocked(database_url: str) -> Iterator[Callable[[], bool]]:
             holder.execute(text("LOCK TABLE jobs IN SHARE MODE"))
 
             def writer_waits() -> bool:
-                waiting = observer.execute(
-                    text(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                        " AND wait_event_type = 'Lock' AND query ILIKE 'UPDATE jobs%'"
-                    )
-                ).scalar()
-                observer.rollback()  # PostgreSQL keeps one snapshot of its statistics per transaction
-                return bool(waiting)
+                return statements_waiting_for_a_lock(observer, "UPDATE jobs") > 0
 
             yield writer_waits
             holder.rollback()
