@@ -70,7 +70,11 @@ def let_signals_through(engine: Engine) -> None:
 
 def _signalled_as_itself(context: ExceptionContext) -> BaseException | None:
     original = context.original_exception
-    return original if isinstance(original, SIGNALLED) else None
+    if not isinstance(original, SIGNALLED) or not isinstance(original, Exception):
+        return None  # SQLAlchemy wraps no BaseException (JobInterrupted) anyway
+    # SQLAlchemy raises what this returns `from` the original: one of the same kind, then, not the
+    # original itself, which would become its own cause.
+    return type(original)(*original.args)
 
 
 class JobMirror:

@@ -305,10 +305,11 @@ def test_a_stop_request_arriving_while_sqlalchemy_prepares_a_mirror_write_reache
     job = queue_for("normal", fake_redis).enqueue_call("demo.echo")
     job_mirror = JobMirror(sessions=make_sessionmaker(engine), redis=fake_redis)
 
-    with pytest.raises(type(signalled)):
+    with pytest.raises(type(signalled)) as raised:
         job_mirror.succeeded(job, attempt=1, result=_SignalledWhileEncoded(signalled))
 
     assert job_mirror.failures == 0
+    assert raised.value.__cause__ is not raised.value  # no cycle for whoever walks the causes
     engine.dispose()
 
 
