@@ -28,16 +28,19 @@ cleaning does, so the two never handle one job twice.
 
 How soon a dead worker is noticed: a busy worker beats every `LANES_WORKER_HEARTBEAT_S` (5 s) and
 each beat keeps `lanes:alive:<worker>` for three beats. After a SIGKILL that key lapses within
-15 s, and the scheduler's quick pass over `started` rows (every `LANES_DEAD_WORKER_SWEEP_S`, 10 s)
-finds the job abandoned once its row is older than the grace period: in about 15–45 s. RQ's own
-signs (the execution's deadline in `rq:wip:<queue>` and the worker's key, 60 s past the last
-beat) are the fallback.
+15 s (a worker pool drops the key of a process that died at once), and the scheduler's quick pass
+(every `LANES_DEAD_WORKER_SWEEP_S`, 10 s) finds the job abandoned once its row is older than the
+grace period: in about 15–45 s. The quick pass looks at `started` rows, and at the rows of the jobs
+RQ has as running whose row does not say so yet (a simple worker that died before its write-behind
+committed `started`). RQ's own signs (the execution's deadline in `rq:wip:<queue>` and the
+worker's key, 60 s past the last beat) are the fallback.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import logging
 import time
@@ -58,7 +61,7 @@ from backend.db import engine_for, make_sessionmaker, session_scope, utcnow
 from backend.enums import QUEUE_ORDER, WEBHOOK_QUEUE, JobStatus, Priority
 from backend.logs import configure_logging
 from backend.models import JobRow
-from backend.queues import redis_for
+from backend.queues import queue_for, redis_for
 from backend.repairs import (
     WORKER_DIED,
     abandon,
@@ -159,8 +162,17 @@ def reconcile(
         for name in names:
             run.rq_cleanup(name)
         cutoff = run.now - timedelta(seconds=settings.reconcile_grace_s)
-        statuses = (JobStatus.STARTED,) if only_running else UNFINISHED
-        for rows in _unfinished_rows(sessions, cutoff=cutoff, batch_size=batch_size, statuses=statuses):
+        batches: Iterator[list[JobRow]]
+        if only_running:
+            batches = itertools.chain(
+                _unfinished_rows(
+                    sessions, cutoff=cutoff, batch_size=batch_size, statuses=(JobStatus.STARTED,)
+                ),
+                _rows_started_in_rq(sessions, redis, names, cutoff=cutoff, batch_size=batch_size),
+            )
+        else:
+            batches = _unfinished_rows(sessions, cutoff=cutoff, batch_size=batch_size)
+        for rows in batches:
             lock.reacquire()  # a long run keeps the lock for another RUN_LOCK_TTL_S
             run.report.checked += len(rows)
             run.batch(rows)
@@ -342,6 +354,39 @@ def _unfinished_rows(
                 if len(rows) < batch_size:
                     break
                 after = (rows[-1].created_at, rows[-1].id)
+
+
+def _rows_started_in_rq(
+    sessions: sessionmaker[Session], redis: Redis, queues: Sequence[str], *, cutoff: datetime, batch_size: int
+) -> Iterator[list[JobRow]]:
+    """Rows RQ has as running (in a queue's `rq:wip:` registry) that do not say `started` yet,
+    last touched before `cutoff`, `batch_size` at a time, detached from any session.
+
+    A simple worker hands its `started` write to its write-behind; a job that takes the process
+    down with it a moment later leaves its row `queued`. The quick pass looks at these too, so such a
+    job is retried within a sweep instead of at the next full run. They are as many as the jobs
+    running, read from the registries, never from the rows.
+    """
+    with redis.pipeline(transaction=False) as pipe:
+        for name in queues:
+            pipe.zrange(queue_for(name, redis).started_job_registry.key, 0, -1)
+        members = [m.decode() if isinstance(m, bytes) else str(m) for found in pipe.execute() for m in found]
+    ids = sorted({member.split(":", 1)[0] for member in members})
+    waiting = [status.value for status in UNFINISHED if status != JobStatus.STARTED]
+    for start in range(0, len(ids), batch_size):
+        with sessions() as session:
+            rows = list(
+                session.scalars(
+                    select(JobRow).where(
+                        JobRow.id.in_(ids[start : start + batch_size]),
+                        JobRow.status.in_(waiting),
+                        JobRow.updated_at < cutoff,
+                    )
+                )
+            )
+            session.expunge_all()
+        if rows:
+            yield rows
 
 
 # -- the command -----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import uuid
+from functools import partial
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -26,7 +27,7 @@ from backend.config import Settings, get_settings
 from backend.db import engine_for, make_sessionmaker
 from backend.enums import WORKER_QUEUES
 from backend.logs import configure_logging
-from backend.queues import LanesJob, all_queues, redis_for
+from backend.queues import LanesJob, alive_key, all_queues, redis_for
 from backend.sync import JobMirror
 from backend.tasks import registry
 from backend.writebehind import WriteBehind
@@ -121,15 +122,28 @@ def build_worker(
     return worker
 
 
+def forget(settings: Settings, name: str) -> None:
+    """Drop the liveness key of worker `name`, whose process is known to have died: the
+    reconciler's next sweep then retries its job instead of waiting for the key to lapse."""
+    try:
+        redis = redis_for(settings)
+        try:
+            redis.delete(alive_key(name))
+        finally:
+            redis.close()
+    except RedisError as exc:  # the key lapses on its own within three beats
+        log.warning("worker %s died; its liveness key could not be dropped (%s)", name, exc)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     settings = get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
     processes = args.processes or settings.worker_processes
     if processes > 1:
-        sys.exit(
-            Pool(processes, args.name or uuid.uuid4().hex[:8], _child_args(args), burst=args.burst).run()
-        )
+        name = args.name or uuid.uuid4().hex[:8]
+        pool = Pool(processes, name, _child_args(args), burst=args.burst, on_death=partial(forget, settings))
+        sys.exit(pool.run())
     supervisor = os.environ.get(SUPERVISOR_ENV)
     if supervisor:  # started by a pool: end with it
         die_with_parent(int(supervisor))

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -51,6 +52,10 @@ class Pool:
     name: str
     args: list[str]
     burst: bool = False
+    #: Called with a process's worker name when it ended unasked with an error (killed, crashed):
+    #: `python -m worker` has it drop the worker's `lanes:alive:` key, so the reconciler's next
+    #: sweep retries its job instead of waiting for the key to lapse.
+    on_death: Callable[[str], None] | None = None
     slots: list[Slot] = field(default_factory=list)
     stopping: int = 0  # signals received
 
@@ -85,6 +90,8 @@ class Pool:
         if code == 0 and self.burst:
             slot.done = True
             return
+        if code != 0 and self.on_death is not None:
+            self.on_death(name)
         lived = now - slot.started_at
         if code == 0:  # --max-jobs reached: a fresh process takes its place
             slot.backoff_s = 0.0

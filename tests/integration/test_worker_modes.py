@@ -14,6 +14,7 @@ from redis import Redis
 from rq.job import JobStatus as RQStatus
 
 from backend.metrics import COUNTERS_KEY
+from backend.queues import alive_key
 from backend.reconcile import WORKER_DIED
 from tests.helpers import SchedulerFactory, WorkerFactory, wait_for
 from tests.integration import reconcile_tasks
@@ -119,12 +120,22 @@ def test_a_job_that_kills_its_simple_worker_is_retried_and_the_pool_starts_a_new
     redis: Redis,
 ) -> None:
     api = api_factory(retry_base_s=1, task_modules=reconcile_tasks.MODULE)
-    schedulers.start(reconcile_grace_s=5, task_modules=reconcile_tasks.MODULE)
+    # Only the quick pass for dead workers' jobs may hand the job on: the full reconcile runs once,
+    # at the start. The job's row still says queued: its `started` was waiting in the write-behind.
+    schedulers.start(reconcile_grace_s=5, reconcile_interval_s=3600, task_modules=reconcile_tasks.MODULE)
     pool = workers.start(processes=2, **SIMPLE)
     first = worker_pids(redis, [f"{pool.name}-1", f"{pool.name}-2"])
 
     job_id = submit(api, "tests.die_on_first_attempt", max_retries=1)["id"]
 
+    # The pool drops the dead process's liveness key at once (it would lapse three beats, 15 s,
+    # after the last), so the reconciler's next sweep hands the job on.
+    dead_name = wait_for(
+        lambda: next((name for name, pid in first.items() if not running(pid)), None),
+        timeout_s=60,
+        message="the job to take its process down",
+    )
+    wait_for(lambda: not redis.exists(alive_key(dead_name)), timeout_s=3, message="the liveness key to go")
     retried = wait_for_status(api, job_id, "retrying", "succeeded", timeout_s=120)
     assert retried["status"] == "succeeded" or retried["error"] == WORKER_DIED
     final = wait_for_status(api, job_id, "succeeded", timeout_s=60)
