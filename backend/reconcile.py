@@ -367,11 +367,8 @@ def _rows_started_in_rq(
     job is retried within a sweep instead of at the next full run. They are as many as the jobs
     running, read from the registries, never from the rows.
     """
-    with redis.pipeline(transaction=False) as pipe:
-        for name in queues:
-            pipe.zrange(queue_for(name, redis).started_job_registry.key, 0, -1)
-        members = [m.decode() if isinstance(m, bytes) else str(m) for found in pipe.execute() for m in found]
-    ids = sorted({member.split(":", 1)[0] for member in members})
+    registries = (queue_for(name, redis).started_job_registry for name in queues)
+    ids = sorted({job_id for registry in registries for job_id in registry.get_job_ids(cleanup=False)})
     waiting = [status.value for status in UNFINISHED if status != JobStatus.STARTED]
     for start in range(0, len(ids), batch_size):
         with sessions() as session:

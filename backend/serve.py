@@ -39,18 +39,20 @@ def process_count(settings: Settings, cgroup: Path = CGROUP) -> int:
 
 def cpu_quota(cgroup: Path = CGROUP) -> float | None:
     """The CPUs' worth of time the control group may use (`cpu.max`, or v1's CFS quota); None: no limit."""
-    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
-        try:
-            fields = (cgroup / quota_file).read_text().split()
-            if period_file is not None:
-                fields.append((cgroup / period_file).read_text().strip())
-            quota, period = fields[0], fields[1]
-            if quota in ("max", "-1"):
-                return None
-            return int(quota) / int(period)
-        except (OSError, ValueError, IndexError):
-            continue
-    return None
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]  # cgroup v2: "200000 100000"
+    except (OSError, ValueError):
+        try:  # cgroup v1
+            quota = (cgroup / "cpu/cpu.cfs_quota_us").read_text().strip()
+            period = (cgroup / "cpu/cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    if quota in ("max", "-1"):
+        return None
+    try:
+        return int(quota) / int(period)
+    except (ValueError, ZeroDivisionError):  # unreadable: as if there were no limit
+        return None
 
 
 def main() -> None:
